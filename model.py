@@ -722,7 +722,7 @@ def download(url: str, dest: str) -> str:
             while chunk := r.read(1 << 20):
                 f.write(chunk)
     except OSError as e:
-        raise RuntimeError(f"cannot download {url} ({getattr(e, 'reason', e)}); offline? Download it yourself "
+        raise ConnectionError(f"cannot download {url} ({getattr(e, 'reason', e)}); offline? Download it yourself "
                            "and pass the local path instead") from None
     os.replace(dest + ".part", dest)
     return dest
@@ -743,7 +743,7 @@ def resolve(name_or_path: str) -> str:
         for name in ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin"):
             try:
                 download(base + name, os.path.join(folder, name))
-            except RuntimeError:
+            except ConnectionError:
                 continue
             if name.endswith("index.json"):
                 for shard in sorted(set(json.load(open(os.path.join(folder, name)))["weight_map"].values())):
@@ -752,7 +752,7 @@ def resolve(name_or_path: str) -> str:
         for name in ("tokenizer.model", "vocab.json", "merges.txt", "vocab.txt", "tokenizer_config.json"):
             try:
                 download(base + name, os.path.join(folder, name))
-            except RuntimeError:
+            except ConnectionError:
                 pass
         return folder
     raise FileNotFoundError(f"{name_or_path}: no such file or folder (and not a known model name: "
@@ -822,7 +822,7 @@ def main(argv=None):
         out = generate(model, ids, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                        top_p=args.top_p, eos_id=tok.eos_id, generator=g)
         print(args.prompt + tok.decode(out[0].tolist()))
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, OSError) as e:  # bad input or no network: one clear line, no traceback
         sys.exit(f"error: {e}")
 
 

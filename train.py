@@ -1,0 +1,254 @@
+"""
+train.py: train a ReFT method on a frozen model, evaluate it, and generate with a saved one.
+
+  python train.py --model stories260K --tokenizer tok512.model --data examples/steer.jsonl --method loreft --out runs/x
+  python train.py --model stories260K --tokenizer tok512.model --load runs/x --prompt "Lily had a red ball."
+
+Every flag is a field of TrainConfig below (--grad-accum sets grad_accum, and so on).
+"""
+import argparse
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+
+import model as M
+import reft
+from data import collate, load_tokenizer, read_records, split_heldout, tokenize_examples, format_prompt
+
+
+@dataclass
+class TrainConfig:
+    model: str = ""  # HF folder, llama2.c .bin/.pt, or a public name (stories260K)
+    tokenizer: str = ""  # tokenizer file/folder (default: the model folder)
+    data: str = ""  # training records (.jsonl / .json)
+    eval_data: str = ""  # held-out records (default: eval_fraction of --data)
+    eval_fraction: float = 0.1  # share of --data held out when --eval-data is not given
+    template: str = "auto"  # prompt template: auto | raw | alpaca | plain (see data.format_prompt)
+    method: str = "loreft"  # loreft | direft | prefix | pedro
+    layers: str = "all"  # "all" or comma-separated block indices
+    positions: str = "f1+l1"  # ReFT positions: first A and last B prompt tokens
+    share_weights: bool = False  # ReFT: one intervention for both position groups
+    rank: int = 4  # ReFT rank; PEDRO bottleneck
+    dropout: float = 0.0  # ReFT dropout on the intervention output
+    num_virtual_tokens: int = 8  # prefix-tuning: P
+    prefix_projection: bool = False  # prefix-tuning: train through the MLP reparametrization
+    pooling: str = "last"  # PEDRO pooling: last | mean
+    epochs: int = 10
+    lr: float = 4e-3
+    weight_decay: float = 0.0  # never applied to the method's parameters (see reft.LoReFT)
+    warmup: float = 0.1  # fraction of steps with linear warm-up, then linear decay to 0
+    batch_size: int = 8
+    grad_accum: int = 1  # micro-batches per optimizer step
+    max_grad_norm: float = 1.0
+    max_length: int = 256  # tokens per example (prompt + response + EOS)
+    max_steps: int = 0  # stop after this many optimizer steps (0 = all); the run can be resumed later
+    seed: int = 0
+    out: str = "runs/reft"  # output folder: reft.pt (the method) and checkpoint.pt (to resume)
+    resume: bool = False  # continue from out/checkpoint.pt
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    load: str = ""  # generate with a saved method (ours, or a pyreft folder with --positions)
+    prompt: str = ""  # prompt for --load (formatted with --template)
+    prompts_file: str = ""  # one prompt per line, generated as a batch
+    max_new_tokens: int = 32
+
+
+def parse_args(argv=None) -> TrainConfig:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type is bool:
+            p.add_argument(flag, action="store_true")
+        else:
+            p.add_argument(flag, type=f.type, default=f.default)
+    return TrainConfig(**vars(p.parse_args(argv)))
+
+
+def method_config(cfg: TrainConfig, model) -> reft.MethodConfig:
+    return reft.MethodConfig(method=cfg.method, layers=reft.parse_layers(cfg.layers, model.config.num_hidden_layers),
+                             positions=cfg.positions, share_weights=cfg.share_weights, rank=cfg.rank,
+                             dropout=cfg.dropout, num_virtual_tokens=cfg.num_virtual_tokens,
+                             prefix_projection=cfg.prefix_projection, pooling=cfg.pooling)
+
+
+def position_args(mcfg: reft.MethodConfig) -> dict:
+    """first/last/share for data.collate: ReFT methods need positions, the others none."""
+    if mcfg.method not in ("loreft", "direft"):
+        return {}
+    first, last = reft.parse_positions(mcfg.positions)
+    return {"first": first, "last": last, "share_weights": mcfg.share_weights}
+
+
+def lm_loss(model, method, batch):
+    """Mean cross-entropy over response tokens (+ EOS): the prediction at t is scored against the token at t+1."""
+    logits = model(batch["input_ids"], batch["attention_mask"], method=method, positions=batch.get("positions"),
+                   prompt_mask=batch["prompt_mask"])
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), ignore_index=-100)
+
+
+@torch.no_grad()
+def generate_batch(model, tok, method, mcfg, examples, max_new_tokens, device, batch_size=32) -> list[str]:
+    """Greedy continuations of the examples' prompts, left-padded batches, decoded to text."""
+    texts = []
+    for i in range(0, len(examples), batch_size):
+        b = collate(examples[i:i + batch_size], tok.pad_id, padding_side="left", with_labels=False,
+                    **position_args(mcfg))
+        b = {k: v.to(device) for k, v in b.items()}
+        out = M.generate(model, b["input_ids"], b["attention_mask"], max_new_tokens, eos_id=tok.eos_id,
+                         method=method, positions=b.get("positions"))
+        texts += [tok.decode(row.tolist()) for row in out]
+    return texts
+
+
+def evaluate(model, tok, method, mcfg, examples, cfg, device) -> dict:
+    """Held-out loss and exact match of greedy generations against the reference responses (stripped)."""
+    method.eval()
+    losses = []
+    with torch.no_grad(), autocast(device):
+        for i in range(0, len(examples), cfg.batch_size):
+            b = collate(examples[i:i + cfg.batch_size], tok.pad_id, **position_args(mcfg))
+            losses.append(lm_loss(model, method, {k: v.to(device) for k, v in b.items()}).item())
+        preds = generate_batch(model, tok, method, mcfg, examples, cfg.max_new_tokens, device)
+    refs = [data_response(e) for e in examples]
+    em = sum(p.strip() == r.strip() for p, r in zip(preds, refs)) / max(len(refs), 1)
+    method.train()
+    return {"eval_loss": sum(losses) / max(len(losses), 1), "exact_match": em, "n": len(examples), "preds": preds}
+
+
+def data_response(example) -> str:
+    rec = example["record"]
+    return rec["response"] if "response" in rec else rec["output"]
+
+
+def autocast(device: str):
+    """bf16 autocast on CUDA; plain fp32 on the CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else torch.autocast("cpu", enabled=False)
+
+
+def load_model_and_tokenizer(cfg: TrainConfig):
+    dtype = torch.bfloat16 if cfg.device.startswith("cuda") else torch.float32
+    model = M.from_pretrained(cfg.model, dtype=dtype, device=cfg.device)
+    model.requires_grad_(False)  # the base stays frozen: only the method trains
+    tok_path = cfg.tokenizer or M.resolve(cfg.model)
+    if not os.path.isdir(tok_path) and not cfg.tokenizer:
+        raise ValueError("a llama2.c checkpoint needs --tokenizer (e.g. tok512.model for stories260K)")
+    return model, load_tokenizer(M.resolve(tok_path))
+
+
+def train(cfg: TrainConfig) -> dict:
+    torch.manual_seed(cfg.seed)
+    model, tok = load_model_and_tokenizer(cfg)
+    mcfg = method_config(cfg, model)
+    examples = tokenize_examples(read_records(cfg.data), tok, cfg.template, cfg.max_length)
+    if cfg.eval_data:
+        train_ex, eval_ex = examples, tokenize_examples(read_records(cfg.eval_data), tok, cfg.template, cfg.max_length)
+    else:
+        train_ex, eval_ex = split_heldout(examples, cfg.eval_fraction, cfg.seed)
+    method = reft.build_method(mcfg, model)
+    method.train()
+    print(reft.count_parameters(method, model), file=sys.stderr)
+    # AdamW over the method's parameters only, none of them decayed (weight decay would shrink LoReFT's R)
+    opt = torch.optim.AdamW([{"params": list(method.parameters()), "weight_decay": 0.0}], lr=cfg.lr)
+    steps_per_epoch = math.ceil(len(train_ex) / (cfg.batch_size * cfg.grad_accum))
+    total = steps_per_epoch * cfg.epochs
+    warm = int(cfg.warmup * total)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / (warm + 1) if s < warm else max(0.0, (total - s) / max(1, total - warm)))
+    step, start_epoch, start_batch = 0, 0, 0
+    ckpt_path = os.path.join(cfg.out, "checkpoint.pt")
+    if cfg.resume and os.path.exists(ckpt_path):  # everything needed to continue exactly where the run stopped
+        ck = torch.load(ckpt_path, map_location=cfg.device, weights_only=False)
+        method.load_state_dict(ck["method"]), opt.load_state_dict(ck["opt"]), sched.load_state_dict(ck["sched"])
+        step, start_epoch, start_batch = ck["step"], ck["epoch"], ck["batch"]
+        torch.set_rng_state(ck["rng"])
+        print(f"resumed from {ckpt_path} at step {step}", file=sys.stderr)
+    pos_args = position_args(mcfg)
+    micro = cfg.batch_size
+    t0, tokens, stopped, first_step = time.time(), 0, False, step
+    for epoch in range(start_epoch, cfg.epochs):
+        order = torch.randperm(len(train_ex), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+        batches = [order[i:i + micro].tolist() for i in range(0, len(order), micro)]
+        for bi in range(start_batch if epoch == start_epoch else 0, len(batches), cfg.grad_accum):
+            group = batches[bi:bi + cfg.grad_accum]
+            for idx in group:
+                b = {k: v.to(cfg.device) for k, v in collate([train_ex[i] for i in idx], tok.pad_id, **pos_args).items()}
+                with autocast(cfg.device):
+                    loss = lm_loss(model, method, b)
+                (loss / len(group)).backward()
+                tokens += int(b["attention_mask"].sum())
+            torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.max_grad_norm)
+            opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
+            step += 1
+            if step % 10 == 0 or step == total:
+                el = time.time() - t0
+                eta = el / max(step - first_step, 1) * (total - step)
+                print(f"epoch {epoch + 1}/{cfg.epochs} step {step}/{total} | loss {loss.item():.4f} | "
+                      f"lr {sched.get_last_lr()[0]:.2e} | {tokens / el:,.0f} tok/s | eta {eta:.0f}s", file=sys.stderr)
+            if cfg.max_steps and step >= cfg.max_steps:
+                stopped = True
+                save_checkpoint(ckpt_path, method, opt, sched, step, epoch, bi + len(group))
+                break
+        if stopped:
+            break
+        save_checkpoint(ckpt_path, method, opt, sched, step, epoch + 1, 0)
+    reft.save(cfg.out, method, mcfg, model, extra={"train_config": asdict(cfg)})
+    if stopped:
+        print(f"stopped after {step} steps (--max-steps); continue with --resume", file=sys.stderr)
+        return {"step": step}
+    result = evaluate(model, tok, method, mcfg, eval_ex, cfg, cfg.device) if eval_ex else {}
+    show_examples(model, tok, method, mcfg, eval_ex[:3], result.get("preds", []), cfg)
+    result.pop("preds", None)
+    print(f"saved {cfg.out}/reft.pt | held-out: " + ", ".join(f"{k} {v:.4g}" for k, v in result.items()))
+    return result
+
+
+def save_checkpoint(path, method, opt, sched, step, epoch, batch):
+    reft.atomic_torch_save({"method": method.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                            "step": step, "epoch": epoch, "batch": batch, "rng": torch.get_rng_state()}, path)
+
+
+def show_examples(model, tok, method, mcfg, examples, preds, cfg):
+    """A few held-out prompts with the frozen model's continuation and the trained method's."""
+    base = generate_batch(model, tok, None, mcfg, examples, cfg.max_new_tokens, cfg.device)
+    for e, b, p in zip(examples, base, preds):
+        print(f"prompt: {tok.decode(e['input_ids'][:e['prompt_len']])!r}\n  base:   {b!r}\n  {mcfg.method}: {p!r}")
+
+
+def generate_with_saved(cfg: TrainConfig):
+    model, tok = load_model_and_tokenizer(cfg)
+    if os.path.exists(os.path.join(cfg.load, "reft.pt")):
+        method, mcfg, blob = reft.load(cfg.load, model)
+        template = blob.get("train_config", {}).get("template", cfg.template)
+    else:  # a pyreft folder: positions are not saved there, so they come from --positions
+        method, mcfg = reft.load_pyreft(cfg.load, model, cfg.positions)
+        template = cfg.template
+    method.eval()
+    prompts = [cfg.prompt] if not cfg.prompts_file else \
+        [line.rstrip("\n") for line in open(cfg.prompts_file, encoding="utf-8") if line.strip()]
+    examples = []
+    for text in prompts:
+        ids = tok.encode(format_prompt({"prompt": text}, template), bos=True)
+        examples.append({"input_ids": ids, "prompt_len": len(ids)})
+    for text, out in zip(prompts, generate_batch(model, tok, method, mcfg, examples, cfg.max_new_tokens, cfg.device)):
+        print(text + out if cfg.prompts_file == "" else f"{text}\t{out}")
+
+
+def main(argv=None):
+    cfg = parse_args(argv)
+    try:
+        if cfg.load:
+            generate_with_saved(cfg)
+        elif cfg.data:
+            train(cfg)
+        else:
+            raise ValueError("nothing to do: pass --data FILE to train, or --load DIR --prompt TEXT to generate")
+    except (ValueError, OSError) as e:  # bad input: one clear line, no traceback
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

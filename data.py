@@ -356,15 +356,16 @@ def response_of(record: dict) -> str:
     return record["response"] if "response" in record else record["output"]
 
 
-def tokenize_examples(records, tok, template: str = "auto", max_length: int = 512) -> list[dict]:
+def tokenize_examples(records, tok, template: str = "auto", max_length: int = 512, eos_id: int | None = None
+                      ) -> list[dict]:
     """Each record -> {input_ids, labels, prompt_len}. The prompt is tokenised on its own (with BOS), so prompt_len
     is exact and equals what generation will see; the response follows with EOS. Labels are -100 on the prompt, so
-    the loss covers response tokens + EOS only (ReFT eq. 4). Sequences longer than max_length are cut at the end
+    the loss covers response tokens + EOS only (ReFT eq. 4). eos_id: the model's end token (default the tokenizer's). Sequences longer than max_length are cut at the end
     (a warning counts them); an example whose prompt alone fills max_length is skipped (counted)."""
     out, cut, skipped = [], 0, 0
     for rec in records:
         prompt = tok.encode(format_prompt(rec, template), bos=True)
-        response = tok.encode(response_of(rec), bos=False) + [tok.eos_id]
+        response = tok.encode(response_of(rec), bos=False) + [tok.eos_id if eos_id is None else eos_id]
         ids = prompt + response
         if len(prompt) >= max_length:
             skipped += 1

@@ -324,6 +324,8 @@ class Llama(nn.Module):
         sin = torch.cat([freqs.sin(), freqs.sin()], -1)[:, None]
         x = self.embed_tokens(input_ids)  # [B, T, d]
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        if prompt_mask is None and attention_mask is not None:  # the documented default: this call's real tokens
+            prompt_mask = attention_mask[:, -T:]
         for layer in self.layers:
             x = layer(x, cos, sin, mask, cache, method, prompt_mask)
             if method is not None and positions is not None:
@@ -416,6 +418,7 @@ class Encoder(nn.Module):
                              "shorten the input")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        prompt_mask = attention_mask if prompt_mask is None else prompt_mask  # PEDRO pools over real tokens
         if cfg.model_type == "roberta":  # padding tokens sit at position pad_token_id, real ones count from it
             not_pad = (input_ids != cfg.pad_token_id).long()
             pos = not_pad.cumsum(-1) * not_pad + cfg.pad_token_id
@@ -618,6 +621,11 @@ def load_weights(model: nn.Module, state: dict, renames, ignored: str | None = N
         raise ValueError(f"{source} is missing {len(missing)} tensor(s), first: {missing[0]!r}")
 
 
+# llama2.c models were trained on BOS-delimited stories and never saw EOS (id 2): a story ends when the model predicts
+# BOS, and llama2.c's run.c stops generating there. So BOS (id 1) is these models' end-of-sequence token.
+LLAMA2C_END = 1
+
+
 def _llama2c_permute(w, n_heads: int):
     """llama2.c rotates interleaved pairs (0,1),(2,3)...; HF rotates halves (i, i+d_h/2). Reorder q/k rows so that
     our half-split RoPE computes exactly llama2.c's rotation (the permutation of HF's convert_llama_weights)."""
@@ -649,7 +657,7 @@ def read_llama2c_bin(path: str) -> Llama:
                          "the versioned 'ak42' export is not supported, export with --version 0")
     shared, vocab = vocab > 0, abs(vocab)
     head = dim // n_heads
-    w = torch.from_numpy(raw[28:].view(np.float32).copy())
+    w = torch.from_numpy(raw[28:28 + (len(raw) - 28) // 4 * 4].view(np.float32).copy())  # whole floats only
     sizes = [("tok_embeddings.weight", (vocab, dim)), ("attention_norm", (n_layers, dim)),
              ("wq", (n_layers, dim, dim)), ("wk", (n_layers, n_kv * head, dim)), ("wv", (n_layers, n_kv * head, dim)),
              ("wo", (n_layers, dim, dim)), ("ffn_norm", (n_layers, dim)), ("w1", (n_layers, hidden, dim)),
@@ -658,8 +666,9 @@ def read_llama2c_bin(path: str) -> Llama:
     if not shared:
         sizes.append(("output.weight", (vocab, dim)))
     expected = sum(math.prod(s) for _, s in sizes)
-    if w.numel() != expected:
-        raise ValueError(f"{path}: header promises {expected} floats, file holds {w.numel()} (truncated or not llama2.c)")
+    if len(raw) != 28 + 4 * expected:  # a byte count, so a cut inside the last float is caught too
+        raise ValueError(f"{path}: header promises {expected} floats, file holds {(len(raw) - 28) / 4:g} "
+                         "(truncated or not llama2.c)")
     parts, off = {}, 0
     for name, shape in sizes:
         parts[name] = w[off:off + math.prod(shape)].view(shape)
@@ -674,7 +683,7 @@ def read_llama2c_bin(path: str) -> Llama:
         state[f"layers.{i}.ffn_norm.weight"] = parts["ffn_norm"][i]
     cfg = LlamaConfig(vocab_size=vocab, hidden_size=dim, intermediate_size=hidden, num_hidden_layers=n_layers,
                       num_attention_heads=n_heads, num_key_value_heads=n_kv, max_position_embeddings=seq_len,
-                      rms_norm_eps=1e-5, tie_word_embeddings=shared)
+                      rms_norm_eps=1e-5, tie_word_embeddings=shared, eos_token_id=LLAMA2C_END)
     return _from_llama2c_state(state, cfg, path)
 
 
@@ -694,7 +703,7 @@ def read_llama2c_pt(path: str) -> Llama:
                       num_hidden_layers=a["n_layers"], num_attention_heads=a["n_heads"],
                       num_key_value_heads=a.get("n_kv_heads") or a["n_heads"],
                       max_position_embeddings=a.get("max_seq_len", 2048), rms_norm_eps=a.get("norm_eps", 1e-5),
-                      tie_word_embeddings=tied)
+                      tie_word_embeddings=tied, eos_token_id=LLAMA2C_END)
     return _from_llama2c_state(state, cfg, path)
 
 
@@ -820,7 +829,7 @@ def main(argv=None):
         ids = torch.tensor([tok.encode(args.prompt, bos=True)], device=args.device)
         g = torch.Generator(device=args.device).manual_seed(args.seed)
         out = generate(model, ids, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                       top_p=args.top_p, eos_id=tok.eos_id, generator=g)
+                       top_p=args.top_p, eos_id=model.config.eos_token_id, generator=g)
         print(args.prompt + tok.decode(out[0].tolist()))
     except (ValueError, OSError) as e:  # bad input or no network: one clear line, no traceback
         sys.exit(f"error: {e}")

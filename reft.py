@@ -150,6 +150,159 @@ class ReFT(Method):
 
 
 # -----------------------------------------------------------------------------------------------------------------
+# Seam 2: prefix-tuning
+
+
+class PrefixTuning(Method):
+    """Prefix-tuning (Li & Liang, arXiv 2101.00190 §4): P learned keys and values per layer that every real token
+    attends to; nothing is computed for the prefix positions. In layer ℓ, for every key/value head:
+        K ← [K_prefix,ℓ ; K(x)],  V ← [V_prefix,ℓ ; V(x)]   (along the key axis: [B, H_kv, P + T, d_h])
+    i.e. a learned initial KV cache, sized by the key/value heads (GQA: H_kv·d_h wide, as HF PEFT). model.py gives
+    the real tokens RoPE positions P, P+1, ... and uses the prefix keys as stored, never rotated (as PEFT on HF
+    LLaMA); the encoder keeps its own absolute positions and shows the prefix to every token.
+
+    projection=False: one tensor `prefix` [L, 2, H_kv, P, d_h] (2 = keys, values), initialised N(0, 0.02²). This is
+    our choice: small, so training starts near the base model (values ≈ 0 add ≈ nothing, keys ≈ 0 take a logit-0
+    share of attention), but random, because with all-equal slots every slot gets the same gradient and they stay
+    equal. PEFT's nn.Embedding default N(0, 1) puts O(1) keys and values into every layer at step 0.
+    projection=True: the paper's reparametrization (§4.3; reference code gpt2/train_control.py), P_θ = MLP(P′):
+        P′ [P, H_kv·d_h] ~ N(0, 1) -> Linear(H_kv·d_h, hidden) -> tanh -> Linear(hidden, L·2·H_kv·d_h)
+    with PyTorch's default inits; output feature f = ((2ℓ + kv)·H_kv + head)·d_h + j (PEFT's layout). `fold()`
+    replaces the MLP by its output, as the paper keeps only P_θ after training; `save` stores the folded prefix.
+    """
+
+    def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, num_virtual_tokens: int,
+                 projection: bool = False, hidden: int = 512):
+        super().__init__()
+        L, H, P, d = num_layers, num_kv_heads, num_virtual_tokens, head_dim
+        self.num_layers, self.num_virtual_tokens, self.kv_shape = L, P, (2, H, d)
+        if projection:
+            self.register_parameter("prefix", None)
+            self.embedding = nn.Parameter(torch.randn(P, H * d))  # P′ [P, H_kv·d_h]
+            self.mlp = nn.Sequential(nn.Linear(H * d, hidden), nn.Tanh(), nn.Linear(hidden, L * 2 * H * d))
+        else:
+            self.prefix = nn.Parameter(0.02 * torch.randn(L, 2, H, P, d))  # [L, 2, H_kv, P, d_h]
+            self.embedding = self.mlp = None
+
+    def layer_kv(self, layer: int):
+        """Keys and values of one layer, [2, H_kv, P, d_h]."""
+        if self.mlp is None:
+            return self.prefix[layer]
+        width = 2 * self.kv_shape[1] * self.kv_shape[2]  # this layer's rows of the last Linear: a contiguous block
+        rows = slice(layer * width, (layer + 1) * width)
+        out = F.linear(self.mlp[1](self.mlp[0](self.embedding)), self.mlp[2].weight[rows], self.mlp[2].bias[rows])
+        return out.view(-1, *self.kv_shape).permute(1, 2, 0, 3)  # [P, 2, H_kv, d_h] -> [2, H_kv, P, d_h]
+
+    def prefix_kv(self, layer: int, batch_size: int):
+        kv = self.layer_kv(layer)  # [2, H_kv, P, d_h]
+        return kv[0].expand(batch_size, -1, -1, -1), kv[1].expand(batch_size, -1, -1, -1)  # [B, H_kv, P, d_h], views
+
+    @torch.no_grad()
+    def fold(self) -> "PrefixTuning":
+        """Replace the reparametrization by its output [L, 2, H_kv, P, d_h] (same numbers, same layer_kv path)."""
+        if self.mlp is not None:
+            self.prefix = nn.Parameter(torch.stack([self.layer_kv(l) for l in range(self.num_layers)]))
+            self.embedding = self.mlp = None
+        return self
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# Seam 3: PEDRO
+
+Scales = namedtuple("Scales", "q v u")  # seam 3's vectors, each [B, 1, width]: q_proj, v_proj, FFN up outputs
+
+
+class RationalActivation(nn.Module):
+    """The "safe" Padé activation unit of PAU (Molina et al., ICLR 2020; github ml-research/pau), degrees (5, 4):
+        σ(x) = (a₀ + a₁x + … + a₅x⁵) / (1 + |b₁x| + |b₂x²| + |b₃x³| + |b₄x⁴|)
+    The denominator is ≥ 1, so there are no poles; |·| has gradient 0 at 0, so σ'(0) = a₁ (finite). Initialised to
+    our least-squares fit of leaky ReLU (slope 0.01) on [-3, 3] (L-BFGS on 2001 points, max error 0.03); PAU's default
+    init is a leaky-ReLU fit too, its numbers are not copied. A GELU fit drives b₄ to exactly 0, where |b₄| gets no
+    gradient and would stay 0 forever.
+    """
+
+    LEAKY_RELU_FIT = ((0.0298036, 0.618383, 2.3223, 3.04917, 1.48336, 0.250556), (1.14151, 4.38912, 0.8703, 0.346542))
+
+    def __init__(self):
+        super().__init__()
+        self.numerator = nn.Parameter(torch.tensor(self.LEAKY_RELU_FIT[0]))  # a₀ .. a₅
+        self.denominator = nn.Parameter(torch.tensor(self.LEAKY_RELU_FIT[1]))  # b₁ .. b₄
+
+    def forward(self, x):
+        a, b, ax = self.numerator.to(x.dtype), self.denominator.to(x.dtype).abs(), x.abs()
+        num = a[5]
+        for k in range(4, -1, -1):  # Horner's rule
+            num = num * x + a[k]
+        den = b[3] * ax
+        for k in range(2, -1, -1):
+            den = (den + b[k]) * ax  # ends as |b₁||x| + |b₂||x|² + |b₃||x|³ + |b₄||x|⁴
+        return num / (1 + den)
+
+
+class PEDRO(Method):
+    """PEDRO (Xie et al., arXiv 2409.17834): prompt-dependent (IA)³-style scales. In each chosen layer ℓ a vector
+    generator reads the layer's hidden states X [B, T, d] and the prompt mask m [B, T]:
+        g = pool(X, m) [B, d],   z = W_up σ(W_down g + b_down) + b_up,   [l_q, l_v, l_u] = 1 + z
+        q = l_q ⊙ q_proj(x),   v = l_v ⊙ v_proj(x),   FFN = down(act(gate(x)) ⊙ (l_u ⊙ up(x)))
+    with σ a learnable rational activation per layer. The vectors depend on the prompt only (m is 1 on prompt tokens,
+    0 on padding and response tokens) and scale every position. In generation they are computed at prefill, kept in
+    the KVCache (`cache.scales[ℓ]`) and reused at every decode step, so decoding costs one multiply per scale.
+
+    Published (methods.md §5.1): one generator per layer, pooler -> down -> activation -> up; a rational activation
+    learned by bi-level optimisation; l_q, l_v, l_u on Q, V and the FFN up state. Our choices (§5.2/5.3, unpublished):
+    - generator input: the post-input_layernorm states the q/k/v projections see (decoder); the encoder layer's
+      input, already layer-normed there (post-LN).
+    - pooling: "last" = last prompt token (in a causal model the only one that has read the whole prompt); "first"
+      = first token (an encoder's <s>/[CLS], which its classifier reads; build_method uses it when "last" is asked
+      of an encoder); "mean" = masked mean of the prompt tokens. prompt_mask None counts every token as prompt.
+    - bottleneck width = rank (methods.md §5.3 infers 12 from PARA's ≈8.9 M on LLaMA-2-7B); biases on both Linears.
+    - q is scaled before RoPE (PEFT's IA³ on q_proj does the same; RoPE mixes pairs of features, so the order
+      matters unless l_q is equal within each rotated pair).
+    - init: W_up, b_up = 0, so l ≡ 1 and training starts exactly at the base model ((IA)³'s ones); W_down, b_down
+      nn.Linear's defaults; σ a leaky-ReLU fit (RationalActivation).
+    - NOT implemented: the bi-level optimisation. The rational coefficients train jointly with everything else,
+      on the same data and by the same optimizer.
+    The generator runs in its own dtype (fp32), autocast off; the vectors are cast to the model's dtype.
+    """
+
+    def __init__(self, layers: list[int], hidden_size: int, q_width: int, v_width: int, u_width: int, rank: int,
+                 pooling: str = "last"):
+        super().__init__()
+        if pooling not in ("last", "first", "mean"):
+            raise ValueError(f"unknown pooling {pooling!r}: expected last, first or mean")
+        self.layers, self.pooling, self.widths = list(layers), pooling, (q_width, v_width, u_width)
+        self.generators = nn.ModuleDict()
+        for l in self.layers:
+            up = nn.Linear(rank, q_width + v_width + u_width)
+            nn.init.zeros_(up.weight)  # l = 1 + z ≡ 1: the base model at init
+            nn.init.zeros_(up.bias)
+            self.generators[str(l)] = nn.Sequential(nn.Linear(hidden_size, rank), RationalActivation(), up)
+
+    def pool(self, x, prompt_mask):
+        """x [B, T, d], prompt_mask [B, T] (1 = prompt token) or None -> [B, d]."""
+        B, T, _ = x.shape
+        m = torch.ones(B, T, device=x.device) if prompt_mask is None else (prompt_mask > 0).to(x.dtype)
+        if self.pooling == "mean":
+            return (x * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp(min=1)
+        rank = torch.arange(1, T + 1, device=x.device)  # argmax of m·rank = the last prompt token of each row
+        idx = (m * (rank if self.pooling == "last" else rank.flip(0))).argmax(1)  # [B]
+        return x[torch.arange(B, device=x.device), idx]
+
+    def scales(self, layer: int, x, prompt_mask, cache):
+        if str(layer) not in self.generators:
+            return None
+        if cache is not None and layer in cache.scales:  # decode step: reuse the vectors of the prompt (prefill)
+            return cache.scales[layer]
+        generator = self.generators[str(layer)]
+        with torch.autocast(x.device.type, enabled=False):
+            z = generator(self.pool(x.to(generator[0].weight.dtype), prompt_mask))  # [B, q + v + u]
+        s = Scales(*((1 + t)[:, None].to(x.dtype) for t in z.split(self.widths, -1)))  # each [B, 1, width]
+        if cache is not None:
+            cache.scales[layer] = s
+        return s
+
+
+# -----------------------------------------------------------------------------------------------------------------
 # Building, counting, saving and loading a method
 
 
@@ -165,7 +318,7 @@ class MethodConfig:
     num_virtual_tokens: int = 8  # prefix-tuning: P
     prefix_projection: bool = False  # prefix-tuning: train through the paper's Embedding -> MLP(tanh) reparametrization
     prefix_hidden_size: int = 512  # prefix-tuning: the MLP's width
-    pooling: str = "last"  # PEDRO: how the prompt's hidden states are pooled (last | mean)
+    pooling: str = "last"  # PEDRO: prompt pooling, last | first | mean ("last" on an encoder = its first token)
 
 
 def parse_layers(spec, num_layers: int) -> list[int]:
@@ -192,6 +345,21 @@ def build_method(cfg: MethodConfig, model) -> Method:
         first, last = parse_positions(cfg.positions)
         m = ReFT(cfg.method, mc.hidden_size, cfg.layers, cfg.rank, num_groups(first, last, cfg.share_weights),
                  cfg.dropout, cfg.act_fn)
+    elif cfg.method in ("prefix", "pedro"):
+        n_kv = getattr(mc, "num_key_value_heads", mc.num_attention_heads)  # EncoderConfig: no GQA, no head_dim
+        head_dim = getattr(mc, "head_dim", mc.hidden_size // mc.num_attention_heads)
+        if cfg.method == "prefix":
+            if cfg.num_virtual_tokens <= 0:
+                raise ValueError(f"num_virtual_tokens must be positive, got {cfg.num_virtual_tokens}")
+            m = PrefixTuning(mc.num_hidden_layers, n_kv, head_dim, cfg.num_virtual_tokens, cfg.prefix_projection,
+                             cfg.prefix_hidden_size)
+        else:
+            if cfg.rank <= 0:
+                raise ValueError(f"rank must be positive, got {cfg.rank}")
+            encoder = mc.model_type in ("roberta", "bert")  # summarises in its first token, <s> / [CLS]
+            pooling = "first" if encoder and cfg.pooling == "last" else cfg.pooling
+            m = PEDRO(parse_layers(cfg.layers, mc.num_hidden_layers), mc.hidden_size, mc.num_attention_heads * head_dim,
+                      n_kv * head_dim, mc.intermediate_size, cfg.rank, pooling)
     else:
         raise ValueError(f"unknown method {cfg.method!r}: expected loreft, direft, prefix or pedro")
     return m.to(next(model.parameters()).device)
@@ -229,6 +397,8 @@ def atomic_torch_save(obj, path: str):
 def save(folder: str, method: Method, cfg: MethodConfig, model, extra: dict | None = None):
     """folder/reft.pt: {config, base fingerprint, the method's weights (+ extra, e.g. a classifier head)}; also a
     readable folder/reft_config.json."""
+    if isinstance(method, PrefixTuning) and method.mlp is not None:  # keep only P_θ (Li & Liang §4.3), as PEFT
+        method, cfg = deepcopy(method).fold(), replace(cfg, prefix_projection=False)
     state = {k: v.detach().cpu() for k, v in method.state_dict().items()}
     blob = {"config": asdict(cfg), "base": base_fingerprint(model), "state_dict": state, **(extra or {})}
     atomic_torch_save(blob, os.path.join(folder, "reft.pt"))

@@ -98,10 +98,16 @@ def generate_batch(model, tok, method, mcfg, examples, max_new_tokens, device, b
         b = collate(examples[i:i + batch_size], tok.pad_id, padding_side="left", with_labels=False,
                     **position_args(mcfg))
         b = {k: v.to(device) for k, v in b.items()}
-        out = M.generate(model, b["input_ids"], b["attention_mask"], max_new_tokens, eos_id=tok.eos_id,
+        out = M.generate(model, b["input_ids"], b["attention_mask"], max_new_tokens, eos_id=end_token(model, tok),
                          method=method, positions=b.get("positions"))
         texts += [tok.decode(row.tolist()) for row in out]
     return texts
+
+
+def end_token(model, tok) -> int:
+    """The model's end-of-sequence id (llama2.c models end stories with BOS), else the tokenizer's."""
+    eos = getattr(model.config, "eos_token_id", None)
+    return (eos[0] if isinstance(eos, list) else eos) if eos is not None else tok.eos_id
 
 
 def evaluate(model, tok, method, mcfg, examples, cfg, device) -> dict:
@@ -143,9 +149,11 @@ def train(cfg: TrainConfig) -> dict:
     torch.manual_seed(cfg.seed)
     model, tok = load_model_and_tokenizer(cfg)
     mcfg = method_config(cfg, model)
-    examples = tokenize_examples(read_records(cfg.data), tok, cfg.template, cfg.max_length)
+    eos = end_token(model, tok)
+    examples = tokenize_examples(read_records(cfg.data), tok, cfg.template, cfg.max_length, eos)
     if cfg.eval_data:
-        train_ex, eval_ex = examples, tokenize_examples(read_records(cfg.eval_data), tok, cfg.template, cfg.max_length)
+        train_ex, eval_ex = examples, tokenize_examples(read_records(cfg.eval_data), tok, cfg.template,
+                                                        cfg.max_length, eos)
     else:
         train_ex, eval_ex = split_heldout(examples, cfg.eval_fraction, cfg.seed)
     method = reft.build_method(mcfg, model)
@@ -219,6 +227,8 @@ def show_examples(model, tok, method, mcfg, examples, preds, cfg):
 
 
 def generate_with_saved(cfg: TrainConfig):
+    if not os.path.isdir(cfg.load):
+        raise FileNotFoundError(f"--load {cfg.load}: no such folder (a train.py --out folder or a pyreft save)")
     model, tok = load_model_and_tokenizer(cfg)
     if os.path.exists(os.path.join(cfg.load, "reft.pt")):
         method, mcfg, blob = reft.load(cfg.load, model)

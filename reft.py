@@ -140,7 +140,9 @@ class ReFT(Method):
         batch = torch.arange(B, device=h.device)[:, None]  # [B, 1]
         for g in range(self.groups):
             idx = positions[:, g]  # [B, n]
-            valid = (idx >= 0)[..., None]  # [B, n, 1]
+            # a token listed twice in a group is edited once (as pyreft's write-back): later copies count as empty
+            repeat = (idx[:, :, None] == idx[:, None, :]).tril(-1).any(-1)  # [B, n]
+            valid = ((idx >= 0) & ~repeat)[..., None]  # [B, n, 1]
             idx = idx.clamp(min=0)
             rows = h.gather(1, idx[..., None].expand(-1, -1, d))  # [B, n, d]
             delta = (self.interventions[f"{layer}_{g}"](rows) - rows) * valid  # empty slots change nothing

@@ -167,10 +167,10 @@ def test_direft_closed_form_fp64():
     torch.manual_seed(0)
     m = reft.DiReFT(D, RANK).double()
     h = torch.randn(2, 3, D, dtype=torch.float64)
-    W1, b, W2 = m.learned_source.weight, m.learned_source.bias, m.proj
-    expect = h + (h @ W1.T + b) @ W2  # eq. (3), row form
-    assert torch.allclose(m(h), expect, atol=1e-10, rtol=0)
-    assert float((m(h) - h).abs().max()) > 1e-2  # not the identity at init, as pyreft's NodireftIntervention
+    with torch.no_grad():
+        W1, b, W2, out = m.learned_source.weight, m.learned_source.bias, m.proj, m(h)
+    assert torch.allclose(out, h + (h @ W1.T + b) @ W2, atol=1e-10, rtol=0)  # eq. (3), row form
+    assert float((out - h).abs().max()) > 1e-2  # not the identity at init, as pyreft's NodireftIntervention
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -315,6 +315,34 @@ def test_model_parity_with_pyreft_and_import(pyreft, hf_pair, tmp_path, kind, la
             reft.load_pyreft(str(tmp_path / "pyreft"), ours, "f3")
 
 
+def test_generate_parity_with_pyreft(pyreft, hf_pair, tmp_path):
+    """pyreft's generate (intervene_on_prompt=True: only the prefill is edited) vs ours, left-padded, greedy."""
+    hf, ours, _, _ = hf_pair
+    torch.manual_seed(3)
+    ivs = [pyreft.LoreftIntervention(embed_dim=64, low_rank_dimension=RANK, dtype=torch.float32) for _ in range(4)]
+    with torch.no_grad():
+        for iv in ivs:
+            iv.learned_source.bias.normal_(0, 3)
+    rm = pyreft.get_reft_model(hf, pyreft.ReftConfig(representations=[
+        {"layer": l, "component": "block_output", "low_rank_dimension": RANK, "intervention": iv}
+        for l, iv in zip([0, 1, 0, 1], ivs)]))
+    rm.set_device("cpu")
+    rm.eval()
+    ids = torch.randint(3, 128, (2, 6), generator=torch.Generator().manual_seed(6))
+    mask = torch.ones(2, 6, dtype=torch.long)
+    mask[1, :2] = 0  # row 1: 4 prompt tokens after 2 pads
+    locs = [[[0], [2]], [[0], [2]], [[5], [5]], [[5], [5]]]
+    with torch.no_grad():
+        _, out = rm.generate({"input_ids": ids, "attention_mask": mask}, unit_locations={"sources->base": (None, locs)},
+                             intervene_on_prompt=True, max_new_tokens=8, do_sample=False, eos_token_id=None,
+                             pad_token_id=0)
+    rm.save(str(tmp_path / "pyreft"))
+    m, _ = reft.load_pyreft(str(tmp_path / "pyreft"), ours, "f1+l1")
+    mine = M.generate(ours, ids, mask, 8, method=m, positions=torch.tensor([[[0], [5]], [[2], [5]]]))
+    assert torch.equal(out[:, 6:], mine)
+    assert not torch.equal(mine, M.generate(ours, ids, mask, 8))  # the edit changes the continuation
+
+
 # -----------------------------------------------------------------------------------------------------------------
 # the importer without pyreft: folders written in pyreft's format (config.json as pyvene 0.1.8 writes it)
 
@@ -410,6 +438,10 @@ def test_edit_residual_slots():
     assert torch.allclose(padded, exact, atol=1e-6, rtol=0) and torch.equal(padded[:, :2], exact[:, :2])
     assert torch.equal(padded[:, :2], base[:, :2]) and float((padded - base).abs().max()) > 1e-2
     assert torch.allclose(both[0, :5], exact[0, :5], atol=1e-6) and not torch.allclose(both[0, 5:], exact[0, 5:])
+    # a token listed twice in a group is edited once (pyreft writes the edited rows back; it does not add twice)
+    with torch.no_grad():
+        twice = model(ids, method=m, positions=torch.tensor([[[3, 3]], [[2, 2]]]))
+    assert torch.allclose(twice, exact, atol=1e-6, rtol=0)
     # untied: group g of layer l uses intervention "l_g" only
     mu, _ = random_reft(model, seed=7)
     with torch.no_grad():

@@ -111,11 +111,11 @@ def _args(stories260k, out, *extra):
             "--out", str(out), *extra]
 
 
-QUICK = ["--data", str(STEER_TRAIN), "--eval-data", str(STEER_EVAL), "--rank", "8", "--positions", "f3+l3",
-         "--lr", "1e-2", "--epochs", "10"]
+QUICK = ["--data", str(STEER_TRAIN), "--eval-data", str(STEER_EVAL)]  # the defaults are the quick start's
 
 
-@pytest.mark.parametrize("method_name,min_em", [("loreft", 0.6), ("direft", 0.6)])
+# measured (seed 0, CPU): loreft 0.76, direft 0.82, prefix 0.48, pedro 1.0 held-out exact match; the base model 0
+@pytest.mark.parametrize("method_name,min_em", [("loreft", 0.7), ("direft", 0.7), ("prefix", 0.4), ("pedro", 0.9)])
 def test_quick_start_learns_the_steering_task(stories260k, tmp_path, method_name, min_em):
     """The README's quick start: held-out exact match from the run itself, base weights untouched."""
     cfg = train.parse_args(_args(stories260k, tmp_path, *QUICK, "--method", method_name))
@@ -124,11 +124,11 @@ def test_quick_start_learns_the_steering_task(stories260k, tmp_path, method_name
     assert result["n"] == 50 and result["exact_match"] >= min_em, result
     model, tok = train.load_model_and_tokenizer(cfg)
     assert all(torch.equal(v, base_before[k]) for k, v in model.state_dict().items())
-    method, mcfg, _ = reft.load(str(tmp_path), model)  # the saved method reproduces the run's generations
-    exs = data.tokenize_examples(data.read_records(str(STEER_EVAL)), tok, eos_id=1)[:8]
+    method, mcfg, _ = reft.load(str(tmp_path), model)  # the saved method reproduces the run's score exactly
+    exs = data.tokenize_examples(data.read_records(str(STEER_EVAL)), tok, eos_id=1)
     preds = train.generate_batch(model, tok, method.eval(), mcfg, exs, 32, "cpu")
-    refs = [train.data_response(e) for e in exs]
-    assert sum(p == r for p, r in zip(preds, refs)) >= 4
+    assert sum(p.strip() == train.data_response(e).strip() for p, e in zip(preds, exs)) / len(exs) == \
+        result["exact_match"]
     assert (tmp_path / "reft.pt").stat().st_size < 100_000  # only the method's weights: kilobytes
 
 

@@ -830,7 +830,7 @@ def main(argv=None):
         g = torch.Generator(device=args.device).manual_seed(args.seed)
         out = generate(model, ids, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                        top_p=args.top_p, eos_id=model.config.eos_token_id, generator=g)
-        print(args.prompt + tok.decode(out[0].tolist()))
+        print(tok.decode(ids[0].tolist() + out[0].tolist()))  # together, so the spacing is the tokenizer's
     except (ValueError, OSError) as e:  # bad input or no network: one clear line, no traceback
         sys.exit(f"error: {e}")
 

@@ -7,6 +7,7 @@ train.py: train a ReFT method on a frozen model, evaluate it, and generate with 
 Every flag is a field of TrainConfig below (--grad-accum sets grad_accum, and so on).
 """
 import argparse
+import json
 import math
 import os
 import sys
@@ -91,17 +92,21 @@ def lm_loss(model, method, batch):
 
 
 @torch.no_grad()
-def generate_batch(model, tok, method, mcfg, examples, max_new_tokens, device, batch_size=32) -> list[str]:
-    """Greedy continuations of the examples' prompts, left-padded batches, decoded to text."""
-    texts = []
+def generate_ids(model, tok, method, mcfg, examples, max_new_tokens, device, batch_size=32) -> list[list[int]]:
+    """Greedy continuations (token ids, up to the end token) of the examples' prompts, in left-padded batches."""
+    outs, end = [], end_token(model, tok)
     for i in range(0, len(examples), batch_size):
         b = collate(examples[i:i + batch_size], tok.pad_id, padding_side="left", with_labels=False,
                     **position_args(mcfg))
         b = {k: v.to(device) for k, v in b.items()}
-        out = M.generate(model, b["input_ids"], b["attention_mask"], max_new_tokens, eos_id=end_token(model, tok),
+        out = M.generate(model, b["input_ids"], b["attention_mask"], max_new_tokens, eos_id=end,
                          method=method, positions=b.get("positions"))
-        texts += [tok.decode(row.tolist()) for row in out]
-    return texts
+        outs += [[t for t in row.tolist() if t != end] for row in out]
+    return outs
+
+
+def generate_batch(model, tok, method, mcfg, examples, max_new_tokens, device) -> list[str]:
+    return [tok.decode(ids) for ids in generate_ids(model, tok, method, mcfg, examples, max_new_tokens, device)]
 
 
 def end_token(model, tok) -> int:
@@ -210,7 +215,8 @@ def train(cfg: TrainConfig) -> dict:
     result = evaluate(model, tok, method, mcfg, eval_ex, cfg, cfg.device) if eval_ex else {}
     show_examples(model, tok, method, mcfg, eval_ex[:3], result.get("preds", []), cfg)
     result.pop("preds", None)
-    print(f"saved {cfg.out}/reft.pt | held-out: " + ", ".join(f"{k} {v:.4g}" for k, v in result.items()))
+    print(f"saved {cfg.out}/reft.pt", file=sys.stderr)
+    print(json.dumps({k: round(v, 4) for k, v in result.items()}))  # the last stdout line: metrics for scripts
     return result
 
 
@@ -243,8 +249,9 @@ def generate_with_saved(cfg: TrainConfig):
     for text in prompts:
         ids = tok.encode(format_prompt({"prompt": text}, template), bos=True)
         examples.append({"input_ids": ids, "prompt_len": len(ids)})
-    for text, out in zip(prompts, generate_batch(model, tok, method, mcfg, examples, cfg.max_new_tokens, cfg.device)):
-        print(text + out if cfg.prompts_file == "" else f"{text}\t{out}")
+    outs = generate_ids(model, tok, method, mcfg, examples, cfg.max_new_tokens, cfg.device)
+    for text, e, ids in zip(prompts, examples, outs):  # decode prompt + continuation together: exact spacing
+        print(tok.decode(e["input_ids"] + ids) if not cfg.prompts_file else f"{text}\t{tok.decode(ids)}")
 
 
 def main(argv=None):

@@ -9,6 +9,7 @@ SentencePieceTokenizer (LLaMA, llama2.c), ByteBPETokenizer (RoBERTa, GPT-2) or W
 """
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -440,4 +441,140 @@ def collate(examples: list[dict], pad_id: int, first: int = 0, last: int = 0, sh
         batch["positions"] = torch.stack(positions)
     if not with_labels:
         del batch["labels"]
+    return batch
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# Classification data: a text (or a text pair) and a label per record. The whole input is the "prompt", so "fA"
+# positions are its first A tokens from <s>/[CLS] (the paper's GLUE setting), and PEDRO pools over all of it.
+
+# Columns, first match wins. Our own files: text [, text_pair] and label, or score for a regression target (STS-B).
+# GLUE's TSVs (MNLI, MRPC, QNLI, QQP, RTE, SST-2, STS-B) use the other names; CoLA's have no header (4 columns).
+TEXT_COLUMNS = [("#1 String", "#2 String"), ("question1", "question2"), ("question", "sentence"),
+                ("sentence1", "sentence2"), ("premise", "hypothesis"), ("text", "text_pair"), ("sentence", None),
+                ("text", None)]
+LABEL_COLUMNS = ["label", "gold_label", "Quality", "is_duplicate", "score"]
+COLA_COLUMNS = ["source", "label", "original_label", "sentence"]
+GLUE_TASKS = {("sentence1", "gold_label"): "mnli", ("#1 String", "Quality"): "mrpc", ("question", "label"): "qnli",
+              ("question1", "is_duplicate"): "qqp", ("sentence1", "label"): "rte", ("sentence", "label"): "sst2",
+              ("sentence1", "score"): "stsb"}  # (text column, label column) -> GLUE task (rte's layout is WNLI's too)
+MAIN_METRIC = {"cola": "mcc", "stsb": "pearson"}  # the paper's metric per task (accuracy for the others)
+
+
+def _rows(path: str) -> tuple[list[str], list[tuple[dict, str]]]:
+    """The columns and (row, "file:line") pairs of a .jsonl, .csv or .tsv file (TSV as GLUE writes it: no quoting)."""
+    if path.endswith(".jsonl"):
+        rows = []
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                try:
+                    rows += [(json.loads(line), f"{path}:{n}")] if line.strip() else []
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+        return (list(rows[0][0]) if rows and isinstance(rows[0][0], dict) else []), rows
+    if not path.endswith((".csv", ".tsv")):
+        raise ValueError(f"{path}: classification data must be .jsonl, .csv or .tsv")
+    with open(path, encoding="utf-8", newline="") as f:
+        lines = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if path.endswith(".tsv") else csv.reader(f))
+    if lines and len(lines[0]) == 4 and lines[0][1] in ("0", "1"):  # CoLA: data from the first line on
+        lines = [COLA_COLUMNS] + lines
+    head = lines[0] if lines else []
+    rows = [(dict(zip(head, row)), f"{path}:{n}") for n, row in enumerate(lines[1:], 2) if len(row) == len(head)]
+    if len(rows) < len(lines) - 1:  # GLUE's QQP and MNLI hold a few broken lines
+        print(f"warning: {path}: {len(lines) - 1 - len(rows)} row(s) with a wrong field count skipped", file=sys.stderr)
+    return head, rows
+
+
+def read_classification(path: str, like: dict | None = None) -> tuple[list[dict], dict]:
+    """Records {text, pair (None for single texts), label (str; float for regression), where} and the task
+    {name, pair, regression, metric}. `like`: the training task, which this (evaluation) file must match."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"data file {path} does not exist")
+    columns, rows = _rows(path)
+    if not rows:
+        raise ValueError(f"{path}: no records")
+    text, pair = next(((t, p) for t, p in TEXT_COLUMNS if t in columns and (p is None or p in columns)), (None, None))
+    label = next((c for c in LABEL_COLUMNS if c in columns), None)
+    if text is None or label is None:
+        raise ValueError(f"{path}: no {'text' if text is None else 'label'} column (columns: {', '.join(columns)}); "
+                         "expected text [, text_pair] and label (or score for regression), or a GLUE TSV")
+    name = "cola" if columns == COLA_COLUMNS else GLUE_TASKS.get((text, label), "custom")
+    task = {"name": name, "pair": pair is not None, "regression": label == "score",
+            "metric": MAIN_METRIC.get(name, "pearson" if label == "score" else "accuracy")}
+    if like is not None and (like["pair"], like["regression"]) != (task["pair"], task["regression"]):
+        kind = lambda t: ("text pairs" if t["pair"] else "single texts") + (" with scores" if t["regression"] else "")
+        raise ValueError(f"{path} holds {kind(task)}, but the run was trained on {kind(like)}")
+    records = []
+    for row, where in rows:
+        for col in (text, pair, label) if pair else (text, label):
+            if not isinstance(row, dict) or row.get(col) in (None, ""):
+                raise ValueError(f"{where}: missing or empty {col!r}" + (col == pair) * " (a pair task: two texts)")
+        if not pair and row.get("text_pair"):
+            raise ValueError(f"{where}: a text_pair, but the first record has a single text (mixed tasks)")
+        try:
+            y = float(row[label]) if task["regression"] else str(row[label])
+        except ValueError:
+            raise ValueError(f"{where}: score {row[label]!r} is not a number") from None
+        records.append({"text": str(row[text]), "pair": str(row[pair]) if pair else None, "label": y, "where": where})
+    return records, task
+
+
+def is_classification_file(path: str) -> bool:
+    """Whether --data holds classification data (.csv/.tsv, or .jsonl records with a label or score)."""
+    if path.endswith((".csv", ".tsv")):
+        return True
+    try:
+        with open(path, encoding="utf-8") as f:
+            first = json.loads(next(line for line in f if line.strip()))
+    except (OSError, ValueError, StopIteration):
+        return False  # not ours: the instruction reader gives the error
+    return isinstance(first, dict) and ("label" in first or "score" in first)
+
+
+def label_names(records: list[dict], task: dict) -> list[str]:
+    """Class names in id order: sorted (numerically when all are numbers); [] for regression (one output)."""
+    if task["regression"]:
+        return []
+    names = {r["label"] for r in records}
+    try:
+        return sorted(names, key=float)
+    except ValueError:
+        return sorted(names)
+
+
+def subsample(items: list, n: int, seed: int) -> list:
+    """At most n items (0 = all): a seeded random choice, kept in file order."""
+    if not n or n >= len(items):
+        return items
+    keep = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    return [items[i] for i in keep.tolist()]
+
+
+def encode_classification(records: list[dict], tok, labels: list[str], max_length: int) -> list[dict]:
+    """Each record -> {input_ids, token_type_ids, prompt_len (the whole input), label (class id or score), record}.
+    Inputs longer than max_length keep their first max_length - 1 tokens and the final separator (counted)."""
+    index, out, cut = {name: i for i, name in enumerate(labels)}, [], 0
+    for r in records:
+        if labels and r["label"] not in index:
+            raise ValueError(f"{r['where']}: label {r['label']!r} is not one of the trained labels {labels}")
+        ids, types = tok.encode_pair(r["text"], r["pair"])
+        if len(ids) > max_length:
+            cut, ids, types = cut + 1, ids[:max_length - 1] + ids[-1:], types[:max_length - 1] + types[-1:]
+        out.append({"input_ids": ids, "token_type_ids": types, "prompt_len": len(ids), "record": r,
+                    "label": index[r["label"]] if labels else r["label"]})
+    if cut:
+        print(f"warning: {cut} input(s) cut to max_length={max_length}", file=sys.stderr)
+    return out
+
+
+def collate_classification(examples: list[dict], pad_id: int, first: int = 0, last: int = 0,
+                           share_weights: bool = False) -> dict:
+    """collate's input_ids, attention_mask, prompt_mask (= attention_mask) and positions, right-padded, plus
+    token_type_ids [B, T] (0 on padding) and labels [B] (long class ids, or float scores)."""
+    batch = collate(examples, pad_id, first, last, share_weights, padding_side="right", with_labels=False)
+    batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
+    for i, e in enumerate(examples):
+        batch["token_type_ids"][i, :len(e["token_type_ids"])] = torch.tensor(e["token_type_ids"])
+    labels = [e["label"] for e in examples]
+    batch["labels"] = torch.tensor(labels, dtype=torch.float32 if isinstance(labels[0], float) else torch.long)
     return batch

@@ -3,6 +3,10 @@ train.py: train a ReFT method on a frozen model, evaluate it, and generate with 
 
   python train.py --model stories260K --tokenizer tok512.model --data examples/steer.jsonl --method loreft --out runs/x
   python train.py --model stories260K --tokenizer tok512.model --load runs/x --prompt "Lily had a red ball."
+Sequence classification on an encoder (RoBERTa/BERT; --task classify, inferred from labelled data):
+  python train.py --model MINILM_DIR --data examples/sentiment_train.jsonl --eval-data examples/sentiment_dev.jsonl \
+      --method loreft --positions f3 --rank 1 --epochs 3 --batch-size 16 --out runs/sentiment
+  python train.py --model MINILM_DIR --load runs/sentiment --eval-data examples/sentiment_dev.jsonl
 
 Every flag is a field of TrainConfig below (--grad-accum sets grad_accum, and so on).
 """
@@ -20,16 +24,20 @@ import torch.nn.functional as F
 import model as M
 import reft
 from data import collate, load_tokenizer, read_records, split_heldout, tokenize_examples, format_prompt
+from data import (collate_classification, encode_classification, is_classification_file, label_names,
+                  read_classification, subsample)
 
 
 @dataclass
 class TrainConfig:
     model: str = ""  # HF folder, llama2.c .bin/.pt, or a public name (stories260K)
     tokenizer: str = ""  # tokenizer file/folder (default: the model folder)
-    data: str = ""  # training records (.jsonl / .json)
+    data: str = ""  # training records (.jsonl / .json; classification: .jsonl / .csv / .tsv)
     eval_data: str = ""  # held-out records (default: eval_fraction of --data)
     eval_fraction: float = 0.1  # share of --data held out when --eval-data is not given
     template: str = "auto"  # prompt template: auto | raw | alpaca | plain (see data.format_prompt)
+    task: str = "auto"  # lm | classify | auto (classify for .csv/.tsv or labelled .jsonl data, or --load + --eval-data)
+    max_examples: int = 0  # classify: at most N examples from each data file (a seeded sample; 0 = all)
     method: str = "loreft"  # loreft | direft | prefix | pedro
     layers: str = "all"  # "all" or comma-separated block indices
     positions: str = "f3+l3"  # ReFT positions: first A and last B prompt tokens
@@ -254,10 +262,181 @@ def generate_with_saved(cfg: TrainConfig):
         print(tok.decode(e["input_ids"] + ids) if not cfg.prompts_file else f"{text}\t{tok.decode(ids)}")
 
 
+# -----------------------------------------------------------------------------------------------------------------
+# Sequence classification on an encoder (RoBERTa/BERT): the method and a new head on the first token train together
+# (ReFT eq. 5-6, GLUE in Table 4); the head's parameters are counted apart from the method's, as the paper does.
+
+
+def classifier_logits(model, method, batch):
+    """[B, num_labels] from the first token's last hidden state (model.classify); PEDRO pools over the whole input."""
+    hidden = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], method=method,
+                   positions=batch.get("positions"), prompt_mask=batch["prompt_mask"])  # [B, T, d]
+    return model.classify(hidden).float()
+
+
+def classification_loss(logits, labels):
+    """Cross-entropy over the classes; MSE on the single output of a regression task (float labels, STS-B)."""
+    return F.mse_loss(logits[:, 0], labels) if labels.is_floating_point() else F.cross_entropy(logits, labels)
+
+
+def _pearson(x, y) -> float:
+    x, y = x - x.mean(), y - y.mean()
+    den = float(x.norm() * y.norm())
+    return float(x @ y) / den if den else 0.0  # a constant input has no correlation: 0 by convention
+
+
+def _ranks(x):
+    """Ranks 0..n-1, tied values sharing the mean of their ranks (scipy.stats.rankdata - 1)."""
+    _, inverse, counts = torch.unique(x, return_inverse=True, return_counts=True)  # sorted distinct values
+    first = counts.cumsum(0) - counts  # rank of the first member of each distinct value
+    return (first + (counts - 1) / 2).to(x.dtype)[inverse]
+
+
+def classification_metrics(pred: list, gold: list, num_labels: int) -> dict:
+    """Accuracy (and, with 2 classes, F1 of class 1 and Matthews correlation); with 1 output (regression) Pearson and
+    Spearman correlation (Pearson of the ranks)."""
+    p, g = torch.tensor(pred, dtype=torch.float64), torch.tensor(gold, dtype=torch.float64)
+    if num_labels == 1:
+        return {"pearson": _pearson(p, g), "spearman": _pearson(_ranks(p), _ranks(g))}
+    out = {"accuracy": float((p == g).double().mean())}
+    if num_labels == 2:
+        tp, tn = int(((p == 1) & (g == 1)).sum()), int(((p == 0) & (g == 0)).sum())
+        fp, fn = int(((p == 1) & (g == 0)).sum()), int(((p == 0) & (g == 1)).sum())
+        out["f1"] = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+        den = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+        out["mcc"] = (tp * tn - fp * fn) / den if den else 0.0
+    return out
+
+
+@torch.no_grad()
+def evaluate_classifier(model, tok, method, mcfg, examples, labels, cfg) -> tuple[dict, list]:
+    """Metrics over examples (and "n") and the predictions: class ids, or scores for regression."""
+    model.eval(), method.eval()
+    preds = []
+    for i in range(0, len(examples), cfg.batch_size):
+        b = collate_classification(examples[i:i + cfg.batch_size], tok.pad_id, **position_args(mcfg))
+        with autocast(cfg.device):
+            logits = classifier_logits(model, method, {k: v.to(cfg.device) for k, v in b.items()})
+        preds += (logits.argmax(-1) if labels else logits[:, 0]).tolist()
+    metrics = classification_metrics(preds, [e["label"] for e in examples], max(len(labels), 1))
+    return {k: round(v, 4) for k, v in metrics.items()} | {"n": len(examples)}, preds
+
+
+def write_predictions(path: str, examples, preds, labels):
+    with open(path, "w", encoding="utf-8") as f:
+        for e, p in zip(examples, preds):
+            r = e["record"]
+            f.write(json.dumps({"text": r["text"], "text_pair": r["pair"], "label": r["label"],
+                                "prediction": labels[p] if labels else p}) + "\n")
+
+
+def classification_data(cfg: TrainConfig, tok, max_length: int):
+    """(train examples, eval examples, task, labels) from --data and --eval-data (default: eval_fraction of --data)."""
+    records, task = read_classification(cfg.data)
+    records = subsample(records, cfg.max_examples, cfg.seed)
+    labels = label_names(records, task)
+    if not cfg.eval_data:
+        train_rec, eval_rec = split_heldout(records, cfg.eval_fraction, cfg.seed)
+    else:
+        train_rec, eval_rec = records, subsample(read_classification(cfg.eval_data, like=task)[0], cfg.max_examples,
+                                                 cfg.seed)
+    if not eval_rec:
+        raise ValueError("no evaluation examples: pass --eval-data or a larger --eval-fraction")
+    return (encode_classification(train_rec, tok, labels, max_length),
+            encode_classification(eval_rec, tok, labels, max_length), task, labels)
+
+
+def train_classifier(cfg: TrainConfig) -> dict:
+    """Train the method and a new head; keep (save) the epoch with the best task metric on the eval data."""
+    torch.manual_seed(cfg.seed)
+    model, tok = load_model_and_tokenizer(cfg)
+    if not isinstance(model, M.Encoder):
+        raise ValueError(f"--task classify needs an encoder (RoBERTa or BERT); {cfg.model} is a decoder")
+    train_ex, eval_ex, task, labels = classification_data(cfg, tok, min(cfg.max_length, model.config.max_length))
+    mcfg = method_config(cfg, model)
+    method = reft.build_method(mcfg, model)
+    print(reft.count_parameters(method, model), file=sys.stderr)
+    head = model.add_classifier(max(len(labels), 1)).float()  # fp32 head: it trains, as the method does
+    print(f"head params: {sum(p.numel() for p in head.parameters()):,} (trained, counted apart)", file=sys.stderr)
+    # the method is never decayed (it would shrink LoReFT's R); the head is, by --weight-decay
+    opt = torch.optim.AdamW([{"params": list(method.parameters()), "weight_decay": 0.0},
+                             {"params": list(head.parameters()), "weight_decay": cfg.weight_decay}], lr=cfg.lr)
+    per_step = cfg.batch_size * cfg.grad_accum
+    total = math.ceil(len(train_ex) / per_step) * cfg.epochs
+    warm = int(cfg.warmup * total)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / (warm + 1) if s < warm else max(0.0, (total - s) / max(1, total - warm)))
+    params, pos_args = list(method.parameters()) + list(head.parameters()), position_args(mcfg)
+    best, t0, step = None, time.time(), 0
+    for epoch in range(cfg.epochs):
+        model.train(), method.train()  # dropout in the frozen encoder too, as pyreft's GLUE runs (model.train())
+        order = torch.randperm(len(train_ex), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+        for start in range(0, len(order), per_step):
+            group = order[start:start + per_step].split(cfg.batch_size)
+            for idx in group:
+                b = collate_classification([train_ex[i] for i in idx.tolist()], tok.pad_id, **pos_args)
+                b = {k: v.to(cfg.device) for k, v in b.items()}
+                with autocast(cfg.device):
+                    loss = classification_loss(classifier_logits(model, method, b), b["labels"])
+                (loss / len(group)).backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
+            step += 1
+            if step % 100 == 0:
+                print(f"epoch {epoch + 1}/{cfg.epochs} step {step}/{total} | loss {loss.item():.4f} | "
+                      f"{time.time() - t0:.0f}s", file=sys.stderr)
+        metrics, preds = evaluate_classifier(model, tok, method, mcfg, eval_ex, labels, cfg)
+        print(f"epoch {epoch + 1}/{cfg.epochs} step {step}/{total} | loss {loss.item():.4f} | eval {metrics} | "
+              f"{time.time() - t0:.0f}s", file=sys.stderr)
+        if best is None or metrics[task["metric"]] > best[task["metric"]]:  # best epoch on the eval data: save it
+            best = metrics | {"epoch": epoch + 1}
+            reft.save(cfg.out, method, mcfg, model, extra={"train_config": asdict(cfg), "task": task,
+                                                           "labels": labels, "head": head.state_dict()})
+            write_predictions(os.path.join(cfg.out, "predictions.jsonl"), eval_ex, preds, labels)
+    print(f"saved {cfg.out}/reft.pt and predictions.jsonl (epoch {best['epoch']}, best {task['metric']})",
+          file=sys.stderr)
+    print(json.dumps(best))  # the last stdout line: metrics for scripts
+    return best
+
+
+def evaluate_saved_classifier(cfg: TrainConfig) -> dict:
+    """--load RUN --eval-data FILE: the saved method and head on FILE, with the labels they were trained on."""
+    if not cfg.eval_data:
+        raise ValueError("--load RUN --task classify evaluates a saved run: pass --eval-data FILE")
+    model, tok = load_model_and_tokenizer(cfg)
+    method, mcfg, blob = reft.load(cfg.load, model)
+    if "head" not in blob:
+        raise ValueError(f"{cfg.load} has no classification head (it was not trained with --task classify)")
+    labels, task = blob["labels"], blob["task"]
+    model.add_classifier(max(len(labels), 1)).float().load_state_dict(blob["head"])
+    records = subsample(read_classification(cfg.eval_data, like=task)[0], cfg.max_examples, cfg.seed)
+    max_length = min(blob["train_config"]["max_length"], model.config.max_length)
+    examples = encode_classification(records, tok, labels, max_length)
+    metrics, preds = evaluate_classifier(model, tok, method, mcfg, examples, labels, cfg)
+    out = os.path.join(cfg.load, f"predictions_{os.path.splitext(os.path.basename(cfg.eval_data))[0]}.jsonl")
+    write_predictions(out, examples, preds, labels)
+    print(f"predictions: {out}", file=sys.stderr)
+    print(json.dumps(metrics))
+    return metrics
+
+
+def task_of(cfg: TrainConfig) -> str:
+    """--task, or inferred: classify for classification data, or for --load with --eval-data (and no prompt)."""
+    if cfg.task not in ("auto", "lm", "classify"):
+        raise ValueError(f"unknown --task {cfg.task!r}: expected lm, classify or auto")
+    if cfg.task != "auto":
+        return cfg.task
+    if cfg.load:
+        return "classify" if cfg.eval_data and not (cfg.prompt or cfg.prompts_file) else "lm"
+    return "classify" if cfg.data and is_classification_file(cfg.data) else "lm"
+
+
 def main(argv=None):
     cfg = parse_args(argv)
     try:
-        if cfg.load:
+        if task_of(cfg) == "classify":
+            evaluate_saved_classifier(cfg) if cfg.load else train_classifier(cfg)
+        elif cfg.load:
             generate_with_saved(cfg)
         elif cfg.data:
             train(cfg)

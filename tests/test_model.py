@@ -410,6 +410,20 @@ def test_generation_stops_at_eos(llama):
             assert row[:f + 1] == full_row[:f + 1] and set(row[f:]) == {eos}
 
 
+def test_sample_next_greedy_temperature_and_nucleus():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    logits = probs.log().expand(4000, 4)
+    assert M.sample_next(logits).tolist() == [0] * 4000  # temperature 0: argmax
+    g = torch.Generator().manual_seed(0)
+    for top_p, nucleus in ((0.7, {0, 1}), (0.85, {0, 1, 2}), (1.0, {0, 1, 2, 3})):
+        drawn = M.sample_next(logits, temperature=1.0, top_p=top_p, generator=g)
+        assert set(drawn.tolist()) == nucleus  # the smallest set with mass >= top_p, each member drawn
+    counts = torch.bincount(M.sample_next(logits, temperature=1.0, generator=g), minlength=4) / 4000
+    close(counts, probs[0], atol=0.03, rtol=0)  # temperature 1 samples the model's distribution
+    hot = torch.bincount(M.sample_next(logits, temperature=3.0, generator=g), minlength=4) / 4000
+    assert hot[3] > 2 * counts[3]  # a higher temperature flattens it
+
+
 # -----------------------------------------------------------------------------------------------------------------
 # BERT / RoBERTa vs transformers
 
@@ -426,26 +440,30 @@ def hf_encoder(arch, classification=False, seed=0):
     return randomize(cls(cfg), seed, std=0.1)
 
 
-def encoder_batch(arch):
-    """A right-padded batch: real ids avoid the special ids 0..3 (RoBERTa pads with 1, BERT with 0)."""
+def encoder_batch(arch, side="right"):
+    """A padded batch: real ids avoid the special ids 0..3 (RoBERTa pads with 1, BERT with 0)."""
     pad = 1 if arch == "roberta" else 0
     prompts = [tokens(10, seed=20, low=4).tolist(), tokens(6, seed=21, low=4).tolist(), tokens(3, seed=22, low=4).tolist()]
-    ids, mask = right_pad(prompts, pad=pad)
+    ids, mask = (right_pad if side == "right" else left_pad)(prompts, pad=pad)
     token_types = None
     if arch == "bert":  # a sentence pair: the second half of each real sequence is segment 1
         token_types = torch.zeros_like(ids)
-        for b, p in enumerate(prompts):
-            token_types[b, len(p) // 2:len(p)] = 1
+        for b, n in enumerate(mask.sum(1).tolist()):
+            real = mask[b].nonzero()[:, 0]
+            token_types[b, real[n // 2:]] = 1
     return ids, mask, token_types
 
 
+@pytest.mark.parametrize("side", ["right", "left"])
 @pytest.mark.parametrize("arch", ["roberta", "bert"])
-def test_encoder_hidden_states_match_transformers(arch, tmp_path):
+def test_encoder_hidden_states_match_transformers(arch, side, tmp_path):
+    """Right padding is the usual case; left padding checks that RoBERTa numbers positions from the first real
+    token, as transformers does (BERT numbers every slot, padding included, in both)."""
     ref = hf_encoder(arch, seed=23)
     ref.save_pretrained(tmp_path)
     enc = from_pretrained(str(tmp_path))
     assert isinstance(enc, Encoder) and enc.config.model_type == arch and not enc.training
-    ids, mask, types = encoder_batch(arch)
+    ids, mask, types = encoder_batch(arch, side)
     with torch.no_grad():
         ours = enc(ids, mask, types)
         expected = ref(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state

@@ -10,6 +10,7 @@ The methods of reft.py act at three explicit call sites, marked "seam" below (gr
   seam 3, element-wise scales on q, v and the FFN up projection (PEDRO):       method.scales(l, x, prompt_mask, cache)
 The model holds no hidden state: a KVCache object is passed to forward by the caller (see `generate`).
 """
+import http.client
 import json
 import math
 import os
@@ -576,6 +577,8 @@ def read_hf_weights(folder: str) -> dict:
         if os.path.exists(index):
             state = {}
             for shard in sorted(set(json.load(open(index))["weight_map"].values())):
+                if not os.path.exists(os.path.join(folder, shard)):
+                    raise FileNotFoundError(f"{index} lists shard {shard!r}, which is not in {folder}")
                 state.update(reader(os.path.join(folder, shard)))
             return state
     for name, reader in (("model.safetensors", read_safetensors), ("pytorch_model.bin", _torch_load)):
@@ -721,20 +724,69 @@ CACHE_DIR = os.environ.get("REFT_CACHE", os.path.join(os.path.expanduser("~"), "
 
 
 def download(url: str, dest: str) -> str:
-    """Fetch url to dest once (atomic rename); later calls use the local copy."""
+    """Fetch url to dest once; later calls use the local copy. The bytes go to dest.part, renamed when complete, so
+    dest is never a partial file. HTTP 401/404 (no such file, or a private repo) -> FileNotFoundError; any other
+    failure -> ConnectionError."""
     if os.path.exists(dest):
         return dest
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
     print(f"downloading {url} -> {dest}", file=sys.stderr)
+    part = dest + ".part"
     try:
-        with urllib.request.urlopen(url, timeout=30) as r, open(dest + ".part", "wb") as f:
-            while chunk := r.read(1 << 20):
-                f.write(chunk)
-    except OSError as e:
-        raise ConnectionError(f"cannot download {url} ({getattr(e, 'reason', e)}); offline? Download it yourself "
-                           "and pass the local path instead") from None
-    os.replace(dest + ".part", dest)
+        with urllib.request.urlopen(url, timeout=30) as r:
+            os.makedirs(os.path.dirname(dest), exist_ok=True)  # only once the server answers: no empty folders
+            size = r.headers.get("Content-Length")
+            with open(part, "wb") as f:
+                while chunk := r.read(1 << 20):
+                    f.write(chunk)
+                got = f.tell()
+        if size is not None and got != int(size):  # http.client ends a cut stream quietly, as if it were complete
+            raise OSError(f"connection closed after {got} of {size} bytes")
+        os.replace(part, dest)
+    except (OSError, http.client.HTTPException) as e:
+        if getattr(e, "code", None) in (401, 404):  # HTTPError: the Hub answers 401 for repos that do not exist
+            raise FileNotFoundError(f"{url}: HTTP {e.code} {e.reason} (no such file, or a private repo)") from None
+        raise ConnectionError(f"cannot download {url} ({getattr(e, 'reason', None) or e}); offline? Download it "
+                              "yourself and pass the local path instead") from None
+    finally:
+        if os.path.exists(part):
+            os.remove(part)  # a broken download leaves nothing behind
     return dest
+
+
+def download_repo(repo: str, folder: str) -> str:
+    """config.json, the weights (one file, or an index and its shards) and the tokenizer files of a Hugging Face
+    repo. They land in folder.part, renamed to folder when all are there: an existing folder is a complete copy."""
+    base, part = f"https://huggingface.co/{repo}/resolve/main/", folder + ".part"
+    try:
+        download(base + "config.json", os.path.join(part, "config.json"))
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{repo}: no such local file or folder, nor a public Hugging Face repo ({e})") from None
+    for name in ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin"):  # the first one found
+        try:
+            path = download(base + name, os.path.join(part, name))
+        except FileNotFoundError:  # the repo stores its weights under another name
+            continue
+        if name.endswith("index.json"):  # sharded: the index maps every tensor to one of the shard files
+            for shard in sorted(set(json.load(open(path))["weight_map"].values())):
+                download(base + shard, os.path.join(part, shard))
+        break
+    else:
+        raise FileNotFoundError(f"{repo} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+    for name in ("tokenizer.model", "vocab.json", "merges.txt", "vocab.txt", "tokenizer_config.json"):
+        try:
+            download(base + name, os.path.join(part, name))
+        except FileNotFoundError:  # a repo has one tokenizer format (or none): the others are absent
+            pass
+    os.replace(part, folder)
+    return folder
+
+
+def _is_repo_id(name: str) -> bool:
+    """A Hugging Face repo id is "org/name" and cannot be mistaken for a file path, so that a mistyped local path is a
+    FileNotFoundError, not a download: runs/model.bin, ckpt/last.pt, .cache/x are paths; meta-llama/Llama-3.2-1B is
+    a repo id."""
+    file_suffix = r"\.(bin|pt|pth|ckpt|safetensors|gguf|model|json|txt)$"
+    return re.fullmatch(r"[\w-]+/[\w.-]+", name) is not None and re.search(file_suffix, name) is None
 
 
 def resolve(name_or_path: str) -> str:
@@ -745,27 +797,22 @@ def resolve(name_or_path: str) -> str:
     if name_or_path in PUBLIC_FILES:
         url = PUBLIC_FILES[name_or_path]
         return download(url, os.path.join(CACHE_DIR, url.rsplit("/", 1)[1]))
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", name_or_path):  # a Hugging Face repo id
+    if _is_repo_id(name_or_path):
         folder = os.path.join(CACHE_DIR, name_or_path.replace("/", "--"))
-        base = f"https://huggingface.co/{name_or_path}/resolve/main/"
-        download(base + "config.json", os.path.join(folder, "config.json"))
-        for name in ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin"):
-            try:
-                download(base + name, os.path.join(folder, name))
-            except ConnectionError:
-                continue
-            if name.endswith("index.json"):
-                for shard in sorted(set(json.load(open(os.path.join(folder, name)))["weight_map"].values())):
-                    download(base + shard, os.path.join(folder, shard))
-            break
-        for name in ("tokenizer.model", "vocab.json", "merges.txt", "vocab.txt", "tokenizer_config.json"):
-            try:
-                download(base + name, os.path.join(folder, name))
-            except ConnectionError:
-                pass
-        return folder
+        return folder if os.path.isdir(folder) else download_repo(name_or_path, folder)
     raise FileNotFoundError(f"{name_or_path}: no such file or folder (and not a known model name: "
                             f"{', '.join(PUBLIC_FILES)}, or a Hugging Face repo id)")
+
+
+def _check_llama_json(d: dict, source: str):
+    """config.json keys that LlamaConfig drops must not change the computation. attention_dropout (training only)
+    and pretraining_tp (a sliced matmul, numerically the same) are safe to drop; an active sliding window is not.
+    (transformers' LlamaModel ignores sliding_window too, but a llama-typed checkpoint that sets it was trained to
+    see only the last W tokens, which full attention does not reproduce on longer inputs.)"""
+    window = d.get("sliding_window")
+    if window is not None and d.get("use_sliding_window", True) and window < d.get("max_position_embeddings", 2048):
+        raise ValueError(f"{source}: sliding_window={window} (attention to the last {window} tokens only) is not "
+                         "supported; this model attends to the whole context")
 
 
 def from_pretrained(path: str, dtype=None, device=None) -> "Llama | Encoder":
@@ -781,6 +828,7 @@ def from_pretrained(path: str, dtype=None, device=None) -> "Llama | Encoder":
         state = read_hf_weights(path)
         model_type = d.get("model_type")
         if model_type == "llama":
+            _check_llama_json(d, cfg_path)
             model = Llama(LlamaConfig.from_dict(d))
             load_weights(model, state, LLAMA_RENAMES, source=path)
         elif model_type in ("roberta", "bert"):

@@ -5,6 +5,7 @@ loaded with our `from_pretrained`, and compared on CPU in fp32 (logits atol 1e-5
 Real weights: llama2.c's stories260K (upstream's own golden text, and an independent conversion to transformers)
 and sentence-transformers/all-MiniLM-L6-v2. Every case runs in seconds.
 """
+import io
 import json
 import math
 import os
@@ -307,12 +308,27 @@ def test_llama3_frequencies_cover_all_three_bands():
 @pytest.mark.parametrize("change, message", [
     ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0}}, "rope_scaling type 'yarn'"),
     ({"hidden_act": "gelu"}, "hidden_act 'gelu' is not supported"),
+    ({"sliding_window": 16}, "sliding_window=16 .* not supported"),  # max_position_embeddings 64
+    ({"sliding_window": 16, "use_sliding_window": True}, "sliding_window=16 .* not supported"),
 ])
 def test_llama_unsupported_config_is_a_clear_error(change, message, tmp_path):
     hf_llama().save_pretrained(tmp_path)
     edit_config(tmp_path, **change)
     with pytest.raises(ValueError, match=message):
         from_pretrained(str(tmp_path))
+
+
+@pytest.mark.parametrize("change", [
+    {"sliding_window": None}, {"sliding_window": 16, "use_sliding_window": False}, {"sliding_window": 64},
+    {"attention_dropout": 0.1, "pretraining_tp": 2},  # training-only dropout; a sliced matmul that sums the same
+], ids=["null_window", "window_off", "window_covers_context", "dropout_and_tp"])
+def test_llama_inactive_config_keys_load(change, tmp_path):
+    ref = hf_llama(seed=35)
+    ref.save_pretrained(tmp_path)
+    edit_config(tmp_path, **change)
+    ids = tokens(1, 8, seed=36)
+    with torch.no_grad():
+        close(from_pretrained(str(tmp_path))(ids), ref(ids).logits)
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -354,6 +370,20 @@ def test_bf16_checkpoint_keeps_its_dtype_unless_asked(tmp_path):
         # transformers' own fp32 load of the same folder (ref.float() would keep its bf16-rounded rotary buffer)
         ref32 = hf().LlamaForCausalLM.from_pretrained(str(tmp_path), dtype=torch.float32).eval()
         close(ours32(ids), ref32(ids).logits)
+
+
+def test_fp16_checkpoint_keeps_its_dtype(tmp_path):
+    ref = hf_llama(seed=37)
+    ref.half().save_pretrained(tmp_path)
+    ref.float()  # the fp32 reference: weights rounded to fp16 and widened back
+    ours = from_pretrained(str(tmp_path))
+    assert {p.dtype for p in ours.parameters()} == {torch.float16}
+    assert torch.equal(ours.layers[1].mlp.up_proj.weight, ref.model.layers[1].mlp.up_proj.weight.half())
+    ids = tokens(1, 12, seed=38)
+    with torch.no_grad():
+        got, expected = ours(ids), ref(ids).logits
+    assert got.dtype == torch.float16
+    close(got.float(), expected, atol=0.05, rtol=0.02)  # fp16 activations: about 3 decimal digits
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -644,10 +674,31 @@ def test_non_checkpoint_file(name, content, tmp_path):
         from_pretrained(str(tmp_path / name))
 
 
-def test_garbage_safetensors_in_folder(llama_folder):
-    (llama_folder / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
-    with pytest.raises(ValueError, match="not a safetensors file"):
+@pytest.mark.parametrize("name, content, message", [
+    ("model.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}", "not a safetensors file"),
+    ("pytorch_model.bin", b"not a zip file at all, nor a pickle " * 10, "pytorch_model.bin is not a PyTorch checkpoint"),
+], ids=["safetensors", "pytorch_bin"])
+def test_garbage_weights_in_folder(name, content, message, llama_folder):
+    (llama_folder / "model.safetensors").unlink()
+    (llama_folder / name).write_bytes(content)
+    with pytest.raises(ValueError, match=message):
         from_pretrained(str(llama_folder))
+
+
+def test_missing_shard_is_named(tmp_path):
+    hf_llama(seed=39).save_pretrained(tmp_path, max_shard_size="40KB")
+    shards = sorted(tmp_path.glob("model-0*.safetensors"))
+    assert len(shards) > 1
+    shards[1].unlink()
+    with pytest.raises(FileNotFoundError, match=f"lists shard '{shards[1].name}', which is not in"):
+        from_pretrained(str(tmp_path))
+
+
+def test_llama2c_pt_without_its_keys(tmp_path):
+    sd, args = random_llama2c(seed=40)
+    torch.save({"state_dict": sd, "config": args}, tmp_path / "ckpt.pt")  # a .pt, but not llama2.c's layout
+    with pytest.raises(ValueError, match="not a llama2.c training checkpoint .*'model' and 'model_args'"):
+        from_pretrained(str(tmp_path / "ckpt.pt"))
 
 
 def test_unsupported_model_type(llama_folder):
@@ -661,6 +712,16 @@ def test_token_id_out_of_range(llama):
         llama(torch.tensor([[5, 128]]))
     with pytest.raises(ValueError, match="token id -1 is out of range"):
         llama(torch.tensor([[-1, 5]]))
+
+
+def test_attention_mask_shape_is_checked(llama):
+    ids = tokens(2, 5, seed=41)
+    with pytest.raises(ValueError, match=r"attention_mask has shape \(2, 4\), expected \(2, 5\)"):
+        llama(ids, torch.ones(2, 4, dtype=torch.long))
+    cache = llama.new_cache(2, 8)
+    llama(ids, torch.ones(2, 5, dtype=torch.long), cache)
+    with pytest.raises(ValueError, match=r"expected \(2, 6\) \(batch, past \+ current"):  # the past counts
+        llama(ids[:, :1], torch.ones(2, 1, dtype=torch.long), cache)
 
 
 def test_prompt_longer_than_context(llama):
@@ -682,6 +743,18 @@ def test_encoder_bad_input(tmp_path):
         enc(tokens(1, 63, low=4))  # RoBERTa: 64 positions minus the 2 offset by pad_token_id
     with pytest.raises(ValueError, match="no classification head"):
         enc.classify(enc(tokens(1, 5, low=4)))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"position_embedding_type": "relative_key"}, "position_embedding_type 'relative_key' is not supported"),
+    ({"hidden_act": "relu"}, "hidden_act 'relu' is not supported"),
+])
+def test_encoder_unsupported_config_is_a_clear_error(change, message, tmp_path):
+    hf_encoder("bert", seed=42).save_pretrained(tmp_path)
+    from_pretrained(str(tmp_path))  # loads as saved
+    edit_config(tmp_path, **change)
+    with pytest.raises(ValueError, match=message):
+        from_pretrained(str(tmp_path))
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -708,6 +781,40 @@ def test_cli_continues_a_prompt(stories260k, stories, sp):
     assert r.stdout.rstrip("\n") == sp.decode(ids + new)
 
 
+def main_out(capsys, *args):
+    """model.main(args) in this process (on CPU) -> what it printed."""
+    try:
+        import data  # noqa: F401  (the CLI's tokenizer loader)
+    except ImportError as e:
+        pytest.skip(f"data.py cannot be imported ({e}); the CLI needs data.load_tokenizer")
+    M.main([*args, "--device", "cpu"])
+    return capsys.readouterr().out
+
+
+def test_cli_empty_prompt_starts_from_bos(stories260k, capsys):
+    out = main_out(capsys, str(stories260k / "stories260K.bin"), "--tokenizer", str(stories260k / "tok512.model"),
+                   "--max-new-tokens", "40")
+    assert out == STORIES260K_GREEDY_40 + "\n"  # llama2.c's own greedy text from BOS
+
+
+def test_cli_sampling_is_seeded(stories260k, capsys):
+    args = (str(stories260k / "stories260K.bin"), "--tokenizer", str(stories260k / "tok512.model"),
+            "--prompt", "Once upon a time", "--max-new-tokens", "30")
+    sample = ("--temperature", "0.8", "--top-p", "0.9")
+    first, second = (main_out(capsys, *args, *sample, "--seed", "1") for _ in range(2))
+    assert first.startswith("Once upon a time") and len(first) > len("Once upon a time") + 40
+    assert first == second  # the same seed, the same text
+    assert first != main_out(capsys, *args)  # it sampled: not the greedy text
+    assert first != main_out(capsys, *args, *sample, "--seed", "2")
+
+
+def test_cli_encoder_checkpoint_is_one_line_error(tmp_path, capsys):
+    hf_encoder("bert", seed=43).save_pretrained(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main_out(capsys, str(tmp_path), "--prompt", "hi")
+    assert str(e.value.code) == f"error: {tmp_path} is an encoder (bert); it cannot generate text"
+
+
 def test_cli_bad_checkpoint_is_one_line_error(tmp_path):
     r = run_cli(str(tmp_path / "missing.bin"), "--prompt", "hi", "--max-new-tokens", "2")
     assert r.returncode != 0
@@ -723,4 +830,96 @@ def test_download_offline_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(urllib.request, "urlopen", offline)
     with pytest.raises(ConnectionError, match=r"offline.*local path"):
         M.resolve("stories15M")
-    assert not any(p.is_file() for p in tmp_path.rglob("*"))  # no partial file left behind
+    assert list(tmp_path.iterdir()) == []  # no partial file, no empty folder left behind
+
+
+def no_network(url, *args, **kwargs):
+    pytest.fail(f"unexpected download of {url}")
+
+
+def response(data: bytes, length=None):
+    """What urlopen returns, enough for `download`: read(n) and a Content-Length header."""
+    r = io.BytesIO(data)
+    r.headers = {"Content-Length": str(len(data) if length is None else length)}
+    return r
+
+
+def fake_hub(folder: Path, repo: str):
+    """An urlopen that serves folder's files as the Hub's https://huggingface.co/{repo}/resolve/main/<name> URLs,
+    and answers HTTP 404 to any other file, as the Hub does."""
+    base = f"https://huggingface.co/{repo}/resolve/main/"
+
+    def urlopen(url, timeout=None):
+        if url.startswith(base) and (folder / url[len(base):]).is_file():
+            return response((folder / url[len(base):]).read_bytes())
+        raise urllib.error.HTTPError(url, 404, "Not Found", {}, None)
+    return urlopen
+
+
+@pytest.mark.parametrize("name", ["runs/model.bin", "ckpts/last.pt", "out/model.safetensors", ".cache/model"])
+def test_missing_local_path_is_not_downloaded(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(M, "CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    with pytest.raises(FileNotFoundError, match=f"^{name}: no such file or folder"):
+        from_pretrained(name)
+    assert list(tmp_path.iterdir()) == []  # no cache folder made
+
+
+def test_repo_id_download_with_shards_then_cache(tmp_path, monkeypatch):
+    hub = tmp_path / "hub"
+    hf_llama(seed=44).save_pretrained(hub, max_shard_size="40KB")
+    shards = {p.name for p in hub.glob("model-0*.safetensors")}
+    assert len(shards) > 1 and (hub / "model.safetensors.index.json").exists()
+    monkeypatch.setattr(M, "CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(urllib.request, "urlopen", fake_hub(hub, "meta-llama/Llama-3.2-1B"))
+    ours = from_pretrained("meta-llama/Llama-3.2-1B")
+    cached = tmp_path / "cache" / "meta-llama--Llama-3.2-1B"
+    assert list((tmp_path / "cache").iterdir()) == [cached]  # complete: the .part folder was renamed
+    assert {p.name for p in cached.iterdir()} == {"config.json", "model.safetensors.index.json"} | shards
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    again = from_pretrained("meta-llama/Llama-3.2-1B")  # the cached folder, no network
+    ids = tokens(2, 10, seed=45)
+    with torch.no_grad():
+        expected = from_pretrained(str(hub))(ids)
+        close(ours(ids), expected)
+        close(again(ids), expected)
+
+
+def test_unknown_repo_is_a_clear_error(tmp_path, monkeypatch):
+    asked = []
+
+    def urlopen(url, timeout=None):  # the Hub answers 401 for a repo that does not exist
+        asked.append(url)
+        raise urllib.error.HTTPError(url, 401, "Unauthorized", {}, None)
+
+    monkeypatch.setattr(M, "CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    with pytest.raises(FileNotFoundError, match="^karpathy/tinyllamas: no such local file or folder, nor a public"):
+        from_pretrained("karpathy/tinyllamas")
+    assert asked == ["https://huggingface.co/karpathy/tinyllamas/resolve/main/config.json"]  # taken for a repo id
+    assert list(tmp_path.iterdir()) == []
+
+
+class ResetAfterFirstChunk(io.BytesIO):
+    headers = {"Content-Length": "100"}
+
+    def read(self, n=-1):
+        if self.tell():
+            raise ConnectionResetError("Connection reset by peer")
+        return super().read(4)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: ResetAfterFirstChunk(b"some bytes"), "Connection reset by peer"),
+    (lambda: response(b"half", length=8), r"connection closed after 4 of 8 bytes"),  # http.client raises nothing
+], ids=["reset", "cut_short"])
+def test_broken_download_leaves_no_part_file(make, message, tmp_path, monkeypatch):
+    dest = tmp_path / "cache" / "m.bin"
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: make())
+    with pytest.raises(ConnectionError, match=f"cannot download https://x.org/m.bin \\({message}\\)"):
+        M.download("https://x.org/m.bin", str(dest))
+    assert [p.name for p in dest.parent.iterdir()] == []  # no dest, no dest.part
+    dest.write_bytes(b"cached")
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    assert M.download("https://x.org/m.bin", str(dest)) == str(dest)  # an existing file is a cache hit

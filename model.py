@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 # -----------------------------------------------------------------------------------------------------------------
 # Configs: field names are exactly the Hugging Face config.json keys.
@@ -251,10 +252,15 @@ class LlamaMLP(nn.Module):
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
 
     def forward(self, x, scales):
-        up = self.up_proj(x)
-        if scales is not None:  # seam 3 (PEDRO): scale the up projection
-            up = up * scales.u
-        return self.down_proj(F.silu(self.gate_proj(x)) * up)
+        gate, up = F.silu(self.gate_proj(x)), self.up_proj(x)  # [B, T, d_ff] each
+        if scales is None:
+            return self.down_proj(gate * up)
+        # seam 3 (PEDRO): gate ⊙ (l_u ⊙ up). In training, the product is recomputed in the backward
+        # (torch.utils.checkpoint) rather than storing l_u ⊙ up [B, T, d_ff] for it: with frozen weights this keeps
+        # exactly the activations the frozen model keeps (gate and up), so the scale costs no activation memory.
+        if torch.is_grad_enabled():
+            return self.down_proj(checkpoint(lambda g, u, s: g * (u * s), gate, up, scales.u, use_reentrant=False))
+        return self.down_proj(gate * (up * scales.u))
 
 
 class LlamaBlock(nn.Module):

@@ -136,15 +136,14 @@ class ReFT(Method):
         if positions.dim() != 3 or positions.shape[1] != self.groups:
             raise ValueError(f"positions must be [batch, {self.groups}, n] for this method, got "
                              f"{tuple(positions.shape)}")
-        B, T, d = h.shape
-        batch = torch.arange(B, device=h.device)[:, None]  # [B, 1]
+        batch = torch.arange(h.shape[0], device=h.device)[:, None]  # [B, 1]
         for g in range(self.groups):
             idx = positions[:, g]  # [B, n]
             # a token listed twice in a group is edited once (as pyreft's write-back): later copies count as empty
             repeat = (idx[:, :, None] == idx[:, None, :]).tril(-1).any(-1)  # [B, n]
             valid = ((idx >= 0) & ~repeat)[..., None]  # [B, n, 1]
             idx = idx.clamp(min=0)
-            rows = h.gather(1, idx[..., None].expand(-1, -1, d))  # [B, n, d]
+            rows = h[batch, idx]  # [B, n, d] (indexing, not gather: gather keeps all of h for its backward)
             delta = (self.interventions[f"{layer}_{g}"](rows) - rows) * valid  # empty slots change nothing
             # accumulate: empty slots point at token 0 with a zero delta, so duplicates are harmless
             h = h.index_put((batch.expand_as(idx), idx), delta, accumulate=True)

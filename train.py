@@ -40,7 +40,7 @@ class TrainConfig:
     max_examples: int = 0  # classify: at most N examples from each data file (a seeded sample; 0 = all)
     method: str = "loreft"  # loreft | direft | prefix | pedro
     layers: str = "all"  # "all" or comma-separated block indices
-    positions: str = "f3+l3"  # ReFT positions: first A and last B prompt tokens
+    positions: str = ""  # ReFT: first A and last B prompt tokens; "" = the task's default (DEFAULT_POSITIONS)
     share_weights: bool = False  # ReFT: one intervention for both position groups
     rank: int = 8  # ReFT rank; PEDRO bottleneck
     dropout: float = 0.0  # ReFT dropout on the intervention output
@@ -77,10 +77,15 @@ def parse_args(argv=None) -> TrainConfig:
     return TrainConfig(**vars(p.parse_args(argv)))
 
 
-def method_config(cfg: TrainConfig, model) -> reft.MethodConfig:
+# ReFT positions when --positions is not given: the quick start's f3+l3 for language modelling; the first 3 tokens
+# of the encoder's input for classification (the ReFT paper's GLUE setting)
+DEFAULT_POSITIONS = {"lm": "f3+l3", "classify": "f3"}
+
+
+def method_config(cfg: TrainConfig, model, task: str = "lm") -> reft.MethodConfig:
     return reft.MethodConfig(method=cfg.method, layers=reft.parse_layers(cfg.layers, model.config.num_hidden_layers),
-                             positions=cfg.positions, share_weights=cfg.share_weights, rank=cfg.rank,
-                             dropout=cfg.dropout, num_virtual_tokens=cfg.num_virtual_tokens,
+                             positions=cfg.positions or DEFAULT_POSITIONS[task], share_weights=cfg.share_weights,
+                             rank=cfg.rank, dropout=cfg.dropout, num_virtual_tokens=cfg.num_virtual_tokens,
                              prefix_projection=cfg.prefix_projection, pooling=cfg.pooling)
 
 
@@ -92,11 +97,28 @@ def position_args(mcfg: reft.MethodConfig) -> dict:
     return {"first": first, "last": last, "share_weights": mcfg.share_weights}
 
 
-def lm_loss(model, method, batch):
-    """Mean cross-entropy over response tokens (+ EOS): the prediction at t is scored against the token at t+1."""
+def lm_loss(model, method, batch, reduction: str = "mean"):
+    """Cross-entropy over response tokens (+ EOS), their "mean" or "sum": the prediction at t is scored against the
+    token at t+1."""
     logits = model(batch["input_ids"], batch["attention_mask"], method=method, positions=batch.get("positions"),
                    prompt_mask=batch["prompt_mask"])
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), ignore_index=-100)
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), ignore_index=-100,
+                           reduction=reduction)
+
+
+def num_loss_tokens(batch) -> int:
+    """How many tokens lm_loss scores in the batch."""
+    return int((batch["labels"][:, 1:] != -100).sum())
+
+
+def to_device(batch: dict, device: str) -> dict:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def lr_factor(step: int, warm: int, total: int) -> float:
+    """The learning rate of optimizer step `step` (0-based) over --lr: linear warm-up from 1/(warm+1) to 1 at step
+    `warm`, then linear decay that would reach 0 at step `total` (the last step, total-1, gets 1/(total-warm))."""
+    return (step + 1) / (warm + 1) if step < warm else max(0.0, (total - step) / max(1, total - warm))
 
 
 @torch.no_grad()
@@ -106,7 +128,7 @@ def generate_ids(model, tok, method, mcfg, examples, max_new_tokens, device, bat
     for i in range(0, len(examples), batch_size):
         b = collate(examples[i:i + batch_size], tok.pad_id, padding_side="left", with_labels=False,
                     **position_args(mcfg))
-        b = {k: v.to(device) for k, v in b.items()}
+        b = to_device(b, device)
         out = M.generate(model, b["input_ids"], b["attention_mask"], max_new_tokens, eos_id=end,
                          method=method, positions=b.get("positions"))
         outs += [[t for t in row.tolist() if t != end] for row in out]
@@ -130,7 +152,7 @@ def evaluate(model, tok, method, mcfg, examples, cfg, device) -> dict:
     with torch.no_grad(), autocast(device):
         for i in range(0, len(examples), cfg.batch_size):
             b = collate(examples[i:i + cfg.batch_size], tok.pad_id, **position_args(mcfg))
-            losses.append(lm_loss(model, method, {k: v.to(device) for k, v in b.items()}).item())
+            losses.append(lm_loss(model, method, to_device(b, device)).item())
         preds = generate_batch(model, tok, method, mcfg, examples, cfg.max_new_tokens, device)
     refs = [data_response(e) for e in examples]
     em = sum(p.strip() == r.strip() for p, r in zip(preds, refs)) / max(len(refs), 1)
@@ -159,6 +181,9 @@ def load_model_and_tokenizer(cfg: TrainConfig):
 
 
 def train(cfg: TrainConfig) -> dict:
+    ckpt_path = os.path.join(cfg.out, "checkpoint.pt")
+    if cfg.resume and not os.path.exists(ckpt_path):
+        raise FileNotFoundError(f"--resume: no checkpoint.pt in {cfg.out}")
     torch.manual_seed(cfg.seed)
     model, tok = load_model_and_tokenizer(cfg)
     mcfg = method_config(cfg, model)
@@ -177,11 +202,9 @@ def train(cfg: TrainConfig) -> dict:
     steps_per_epoch = math.ceil(len(train_ex) / (cfg.batch_size * cfg.grad_accum))
     total = steps_per_epoch * cfg.epochs
     warm = int(cfg.warmup * total)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / (warm + 1) if s < warm else max(0.0, (total - s) / max(1, total - warm)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warm, total))
     step, start_epoch, start_batch = 0, 0, 0
-    ckpt_path = os.path.join(cfg.out, "checkpoint.pt")
-    if cfg.resume and os.path.exists(ckpt_path):  # everything needed to continue exactly where the run stopped
+    if cfg.resume:  # everything needed to continue exactly where the run stopped
         ck = torch.load(ckpt_path, map_location=cfg.device, weights_only=False)
         method.load_state_dict(ck["method"]), opt.load_state_dict(ck["opt"]), sched.load_state_dict(ck["sched"])
         step, start_epoch, start_batch = ck["step"], ck["epoch"], ck["batch"]
@@ -194,12 +217,15 @@ def train(cfg: TrainConfig) -> dict:
         order = torch.randperm(len(train_ex), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
         batches = [order[i:i + micro].tolist() for i in range(0, len(order), micro)]
         for bi in range(start_batch if epoch == start_epoch else 0, len(batches), cfg.grad_accum):
-            group = batches[bi:bi + cfg.grad_accum]
-            for idx in group:
-                b = {k: v.to(cfg.device) for k, v in collate([train_ex[i] for i in idx], tok.pad_id, **pos_args).items()}
+            group = [to_device(collate([train_ex[i] for i in idx], tok.pad_id, **pos_args), cfg.device)
+                     for idx in batches[bi:bi + cfg.grad_accum]]
+            # the step's loss is the mean over all its response tokens, whatever micro-batch they fall in
+            n_loss, loss = max(sum(num_loss_tokens(b) for b in group), 1), 0.0
+            for b in group:
                 with autocast(cfg.device):
-                    loss = lm_loss(model, method, b)
-                (loss / len(group)).backward()
+                    part = lm_loss(model, method, b, reduction="sum") / n_loss
+                part.backward()
+                loss += part.detach()
                 tokens += int(b["attention_mask"].sum())
             torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.max_grad_norm)
             opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
@@ -243,11 +269,15 @@ def show_examples(model, tok, method, mcfg, examples, preds, cfg):
 def generate_with_saved(cfg: TrainConfig):
     if not os.path.isdir(cfg.load):
         raise FileNotFoundError(f"--load {cfg.load}: no such folder (a train.py --out folder or a pyreft save)")
+    ours = os.path.exists(os.path.join(cfg.load, "reft.pt"))
+    if not ours and not cfg.positions:  # a pyreft folder: positions are not saved there, so they come from --positions
+        raise ValueError("a pyreft folder does not store positions: pass the --positions it was trained with "
+                         "(e.g. --positions f1+l1)")
     model, tok = load_model_and_tokenizer(cfg)
-    if os.path.exists(os.path.join(cfg.load, "reft.pt")):
+    if ours:
         method, mcfg, blob = reft.load(cfg.load, model)
         template = blob.get("train_config", {}).get("template", cfg.template)
-    else:  # a pyreft folder: positions are not saved there, so they come from --positions
+    else:
         method, mcfg = reft.load_pyreft(cfg.load, model, cfg.positions)
         template = cfg.template
     method.eval()
@@ -316,7 +346,7 @@ def evaluate_classifier(model, tok, method, mcfg, examples, labels, cfg) -> tupl
     for i in range(0, len(examples), cfg.batch_size):
         b = collate_classification(examples[i:i + cfg.batch_size], tok.pad_id, **position_args(mcfg))
         with autocast(cfg.device):
-            logits = classifier_logits(model, method, {k: v.to(cfg.device) for k, v in b.items()})
+            logits = classifier_logits(model, method, to_device(b, cfg.device))
         preds += (logits.argmax(-1) if labels else logits[:, 0]).tolist()
     metrics = classification_metrics(preds, [e["label"] for e in examples], max(len(labels), 1))
     return {k: round(v, 4) for k, v in metrics.items()} | {"n": len(examples)}, preds
@@ -353,7 +383,7 @@ def train_classifier(cfg: TrainConfig) -> dict:
     if not isinstance(model, M.Encoder):
         raise ValueError(f"--task classify needs an encoder (RoBERTa or BERT); {cfg.model} is a decoder")
     train_ex, eval_ex, task, labels = classification_data(cfg, tok, min(cfg.max_length, model.config.max_length))
-    mcfg = method_config(cfg, model)
+    mcfg = method_config(cfg, model, task="classify")
     method = reft.build_method(mcfg, model)
     print(reft.count_parameters(method, model), file=sys.stderr)
     head = model.add_classifier(max(len(labels), 1)).float()  # fp32 head: it trains, as the method does
@@ -364,21 +394,20 @@ def train_classifier(cfg: TrainConfig) -> dict:
     per_step = cfg.batch_size * cfg.grad_accum
     total = math.ceil(len(train_ex) / per_step) * cfg.epochs
     warm = int(cfg.warmup * total)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / (warm + 1) if s < warm else max(0.0, (total - s) / max(1, total - warm)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warm, total))
     params, pos_args = list(method.parameters()) + list(head.parameters()), position_args(mcfg)
     best, t0, step = None, time.time(), 0
     for epoch in range(cfg.epochs):
         model.train(), method.train()  # dropout in the frozen encoder too, as pyreft's GLUE runs (model.train())
         order = torch.randperm(len(train_ex), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
         for start in range(0, len(order), per_step):
-            group = order[start:start + per_step].split(cfg.batch_size)
-            for idx in group:
-                b = collate_classification([train_ex[i] for i in idx.tolist()], tok.pad_id, **pos_args)
-                b = {k: v.to(cfg.device) for k, v in b.items()}
+            step_ex = order[start:start + per_step]
+            for idx in step_ex.split(cfg.batch_size):  # the step's loss: the mean over its examples
+                b = to_device(collate_classification([train_ex[i] for i in idx.tolist()], tok.pad_id, **pos_args),
+                              cfg.device)
                 with autocast(cfg.device):
                     loss = classification_loss(classifier_logits(model, method, b), b["labels"])
-                (loss / len(group)).backward()
+                (loss * len(idx) / len(step_ex)).backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
             step += 1

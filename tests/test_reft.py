@@ -5,14 +5,12 @@ pyreft (0.1.0, with pyvene 0.1.8) is optional: the tests that run it live behind
 the reason when it cannot be imported. Its outputs on fixed inputs are also hard-coded below (REF_*), so parity with
 pyreft is checked without it installed.
 """
-import json
-import os
-
 import pytest
 import torch
 
 import model as M
 import reft
+from conftest import loreft_state, write_pyreft_folder
 
 D, RANK = 16, 4  # the unit-level tests (methods.md §7)
 
@@ -157,6 +155,35 @@ def test_rotation_stays_orthonormal_under_adamw_weight_decay():
     assert float(loss.detach()) < 0.05 * first, (first, float(loss.detach()))  # it learned the teacher's edit
     assert float((R - R0).abs().max()) > 0.1  # R moved
     assert float((student(h) - h).detach().abs().mean()) > 0.1  # not collapsed to the identity intervention
+
+
+def test_loreft_on_a_bf16_model():
+    """A bf16 base (train.py's dtype on GPU): the method stays fp32 (parameters and gradients), the residual stream
+    it returns stays bf16, and R stays orthonormal under AdamW (weight decay on everything) while it learns."""
+    model = tiny_llama().to(torch.bfloat16).requires_grad_(False)
+    m, _ = random_reft(model)
+    m.train()
+    assert all(p.dtype == torch.float32 for p in m.parameters())
+    h = torch.randn(2, 7, TINY["hidden_size"]).to(torch.bfloat16)
+    pos = torch.tensor([[[0], [6]], [[1], [5]]])  # f1+l1: [B, G=2, n=1]
+    with torch.no_grad():
+        edited = m.edit_residual(0, h, pos)
+    assert edited.dtype == torch.bfloat16 and not torch.equal(edited, h)
+    ids = torch.randint(0, 128, (2, 7), generator=torch.Generator().manual_seed(4))
+    before = {k: v.detach().clone() for k, v in m.state_dict().items()}
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=0.1)
+    for _ in range(5):
+        logits = model(ids, method=m, positions=pos)
+        assert logits.dtype == torch.bfloat16
+        opt.zero_grad()
+        logits.float().logsumexp(-1).mean().backward()
+        for n, p in m.named_parameters():
+            assert p.grad.dtype == torch.float32 and float(p.grad.abs().max()) > 0, n
+        opt.step()
+    for k, iv in m.interventions.items():
+        assert iv.R.dtype == torch.float32 and ortho_err(iv.R) < 1e-5, k
+    assert all(p.dtype == torch.float32 for p in m.parameters())
+    assert all(float((v - before[k]).abs().max()) > 1e-3 for k, v in m.state_dict().items())  # it trained
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -344,33 +371,7 @@ def test_generate_parity_with_pyreft(pyreft, hf_pair, tmp_path):
 
 
 # -----------------------------------------------------------------------------------------------------------------
-# the importer without pyreft: folders written in pyreft's format (config.json as pyvene 0.1.8 writes it)
-
-
-def write_pyreft_folder(folder, cls_name, layers, states, component="block_output", dim=64, rank=RANK):
-    os.makedirs(folder, exist_ok=True)
-    keys, counter = [], {}
-    for l in layers:
-        proposal = f"layer_{l}_comp_{component}_unit_pos_nunit_1"
-        counter[proposal] = counter.get(proposal, -1) + 1
-        keys.append(f"{proposal}#{counter[proposal]}")
-    cfg = {"intervention_constant_sources": [True] * len(layers), "intervention_dimensions": [dim] * len(layers),
-           "intervention_types": [f"<class 'pyreft.interventions.{cls_name}'>"] * len(layers), "mode": "parallel",
-           "representations": [[l, component, "pos", 1, rank] + [None] * 9 for l in layers], "sorted_keys": keys,
-           "transformers_version": "5.23.0"}
-    if dim is None:  # older pyvene wrote no intervention_dimensions
-        del cfg["intervention_dimensions"]
-    with open(os.path.join(folder, "config.json"), "w") as f:
-        json.dump(cfg, f)
-    for k, sd in zip(keys, states):
-        torch.save(sd, os.path.join(folder, f"intkey_{k}.bin"))
-    return str(folder)
-
-
-def loreft_state(seed, d=64, orthonormal=True):
-    g = torch.Generator().manual_seed(seed)
-    U = torch.linalg.qr(torch.randn(d, RANK, generator=g))[0] if orthonormal else torch.randn(d, RANK, generator=g)
-    return {"weight": torch.randn(RANK, d, generator=g), "bias": torch.randn(RANK, generator=g), "rotate_layer": U}
+# the importer without pyreft: folders written in pyreft's format (conftest.write_pyreft_folder)
 
 
 def test_import_fabricated_loreft_folder(tmp_path):

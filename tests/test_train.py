@@ -1,5 +1,6 @@
 """data.py datasets/positions and train.py end to end: the quick-start task on the real stories260K model."""
 import json
+import os
 import subprocess
 import sys
 
@@ -10,9 +11,10 @@ import data
 import model as M
 import reft
 import train
-from conftest import REPO
+from conftest import REPO, loreft_state, write_pyreft_folder
 
 STEER_TRAIN, STEER_EVAL = REPO / "examples" / "steer_train.jsonl", REPO / "examples" / "steer_eval.jsonl"
+SENT_TRAIN, SENT_DEV = REPO / "examples" / "sentiment_train.jsonl", REPO / "examples" / "sentiment_dev.jsonl"
 
 
 # ------------------------------------------------------------------------------------------------ positions
@@ -38,28 +40,39 @@ def _tiny_llama(seed=0):
     return M.Llama(cfg).eval()
 
 
-@pytest.mark.parametrize("method_name", ["loreft", "direft"])
-@pytest.mark.parametrize("share", [False, True])
+@pytest.mark.parametrize("method_name,share", [("loreft", False), ("loreft", True), ("direft", False),
+                                               ("direft", True), ("prefix", False), ("pedro", False)])
+@torch.no_grad()
 def test_padded_batches_equal_single_examples(method_name, share):
-    """Right padding (training) and left padding (generation) edit the same tokens as unpadded single runs."""
+    """Right padding (training) and left padding (generation) edit the same tokens as unpadded single runs, with
+    train.py's batches: data.collate's positions and prompt_mask (prompt + response)."""
     model = _tiny_llama()
-    mcfg = reft.MethodConfig(method=method_name, layers=[0, 1], positions="f2+l2", share_weights=share, rank=3)
+    mcfg = reft.MethodConfig(method=method_name, layers=[0, 1], positions="f2+l2", share_weights=share, rank=3,
+                             num_virtual_tokens=3)
     torch.manual_seed(1)
     method = reft.build_method(mcfg, model).eval()
+    if method_name in ("prefix", "pedro"):  # PEDRO starts as the identity (W_up = 0): random weights show the edit
+        for p in method.parameters():
+            p.normal_(0, 0.3)
+    pos_args = train.position_args(mcfg)
     exs = [{"input_ids": [1, 5, 6, 7, 8, 9, 10, 11], "labels": [-100] * 5 + [9, 10, 11], "prompt_len": 5},
            {"input_ids": [1, 12, 13, 14], "labels": [-100] * 3 + [14], "prompt_len": 3}]
-    singles = []
-    for e in exs:
-        b = data.collate([e], 0, 2, 2, share)
-        singles.append(model(b["input_ids"], method=method, positions=b["positions"])[0])
+
+    def run(b, mask=None):
+        return model(b["input_ids"], mask, method=method, positions=b.get("positions"), prompt_mask=b["prompt_mask"])
+
+    singles = [run(data.collate([e], 0, **pos_args))[0] for e in exs]
     for side in ("right", "left"):
-        b = data.collate(exs, 0, 2, 2, share, padding_side=side)
-        out = model(b["input_ids"], b["attention_mask"], method=method, positions=b["positions"])
+        b = data.collate(exs, 0, padding_side=side, **pos_args)
+        out = run(b, b["attention_mask"])
         for i, e in enumerate(exs):
             real = b["attention_mask"][i].bool()
             torch.testing.assert_close(out[i][real], singles[i], atol=1e-5, rtol=1e-4)
+    for e, single in zip(exs, singles):  # the prompt's logits do not depend on the response (as in generation)
+        prompt = run(data.collate([e], 0, with_labels=False, **pos_args))[0]
+        torch.testing.assert_close(single[:e["prompt_len"]], prompt, atol=1e-5, rtol=1e-4)
     # and the edit is real: without the method the logits differ
-    b = data.collate(exs[:1], 0, 2, 2, share)
+    b = data.collate(exs[:1], 0, **pos_args)
     assert not torch.allclose(model(b["input_ids"])[0], singles[0], atol=1e-3)
 
 
@@ -132,38 +145,159 @@ def test_quick_start_learns_the_steering_task(stories260k, tmp_path, method_name
     assert (tmp_path / "reft.pt").stat().st_size < 100_000  # only the method's weights: kilobytes
 
 
-def test_resume_loses_nothing_and_seed_is_deterministic(stories260k, tmp_path):
+def record_initial_weights(monkeypatch) -> list[dict]:
+    """Patch reft.build_method (as train.py calls it) to keep a copy of every freshly built method's weights."""
+    inits, build = [], reft.build_method
+
+    def recording_build(mcfg, model):
+        method = build(mcfg, model)
+        inits.append({k: v.detach().clone() for k, v in method.state_dict().items()})
+        return method
+
+    monkeypatch.setattr(reft, "build_method", recording_build)
+    return inits
+
+
+def test_resume_loses_nothing_and_seed_is_deterministic(stories260k, tmp_path, monkeypatch):
+    inits = record_initial_weights(monkeypatch)
     common = ["--data", str(STEER_TRAIN), "--eval-fraction", "0.1", "--epochs", "2", "--batch-size", "16",
               "--rank", "2", "--layers", "1,3"]
     train.train(train.parse_args(_args(stories260k, tmp_path / "straight", *common)))
     train.train(train.parse_args(_args(stories260k, tmp_path / "again", *common)))
     train.train(train.parse_args(_args(stories260k, tmp_path / "cut", *common, "--max-steps", "23")))
+    # the scheduler: 270 training examples / 16 = 17 steps per epoch, 34 in all, int(0.1 * 34) = 3 warm-up steps
+    ck = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)
+    assert ck["step"] == 23 and ck["opt"]["param_groups"][0]["lr"] == pytest.approx(1e-2 * train.lr_factor(23, 3, 34))
     train.train(train.parse_args(_args(stories260k, tmp_path / "cut", *common, "--resume")))
     sd = {name: torch.load(tmp_path / name / "reft.pt")["state_dict"] for name in ("straight", "again", "cut")}
+    assert len(inits) == 4 and sd["straight"].keys() == inits[0].keys()
     for k in sd["straight"]:
         assert torch.equal(sd["straight"][k], sd["again"][k]), k  # same seed, same weights
         assert torch.equal(sd["straight"][k], sd["cut"][k]), k  # interrupted + resumed == uninterrupted
+        assert float((sd["straight"][k] - inits[0][k]).abs().max()) > 1e-3, k  # and training moved every tensor
+
+
+def test_resume_without_a_checkpoint_is_an_error(stories260k, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        train.main(_args(stories260k, tmp_path / "empty", "--data", str(STEER_TRAIN), "--resume"))
+    assert e.value.code == f"error: --resume: no checkpoint.pt in {tmp_path / 'empty'}"
+    assert not (tmp_path / "empty").exists()  # it did not start from scratch
+
+
+def test_lr_schedule():
+    """Linear warm-up from lr/(warm+1) to lr at step warm, then linear decay towards 0 at step total."""
+    assert [train.lr_factor(s, 2, 6) for s in range(7)] == pytest.approx([1 / 3, 2 / 3, 1, 3 / 4, 1 / 2, 1 / 4, 0])
+    assert [train.lr_factor(s, 0, 4) for s in range(5)] == pytest.approx([1, 3 / 4, 1 / 2, 1 / 4, 0])
+    assert train.lr_factor(0, 0, 1) == 1.0  # a one-step run takes its step at the full lr
+
+
+def test_grad_accum_equals_one_big_batch(stories260k, tmp_path):
+    """One optimizer step over 8 examples: batch 8 == 2 micro-batches of 4, because the loss is the mean over all
+    the step's response tokens (the micro-batches here hold very different numbers of them)."""
+    # train.py's order for seed 0, epoch 0: micro-batches [4, 0, 7, 3] and [2, 5, 1, 6]; the first gets the long
+    # responses (mean of micro-batch means != token mean), one big batch all of them
+    order = torch.randperm(8, generator=torch.Generator().manual_seed(0)).tolist()
+    long = set(order[:4])
+    records = [{"prompt": f"Tom had a {c} ball.", "response": "He was happy. " * (8 if i in long else 1)}
+               for i, c in enumerate(["red", "blue", "big", "small", "green", "pink", "old", "new"])]
+    path = tmp_path / "eight.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    weights = {}
+    for bs, accum in (("8", "1"), ("4", "2")):
+        out = tmp_path / f"b{bs}x{accum}"
+        train.train(train.parse_args(_args(stories260k, out, "--data", str(path), "--eval-data", str(path),
+                                           "--epochs", "1", "--max-steps", "1", "--batch-size", bs,
+                                           "--grad-accum", accum, "--layers", "1,3", "--rank", "2")))
+        weights[bs] = torch.load(out / "reft.pt")["state_dict"]
+        assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 1
+    for k in weights["8"]:
+        torch.testing.assert_close(weights["4"][k], weights["8"][k], atol=1e-6, rtol=1e-5)
 
 
 def _cli(*args):
+    """train.py in a subprocess, as many threads as the in-process tests (two fighting over a busy CPU crawl)."""
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("REFT_TEST_THREADS", "1")}
     return subprocess.run([sys.executable, str(REPO / "train.py"), *args], capture_output=True, text=True, cwd=REPO,
-                          timeout=300)
+                          timeout=300, env=env)
 
 
-def test_load_and_generate_cli(stories260k, tmp_path):
+def _load_args(stories260k, folder, *extra):
+    return ["--model", str(stories260k / "stories260K.bin"), "--tokenizer", str(stories260k / "tok512.model"),
+            "--load", str(folder), *extra]
+
+
+def _expected_text(stories260k, method, mcfg, prompt, max_new_tokens) -> str:
+    """The prompt and its greedy continuation (up to the end token, BOS for llama2.c) with model.generate directly."""
+    model = M.from_pretrained(str(stories260k / "stories260K.bin"))
+    tok = data.load_tokenizer(str(stories260k / "tok512.model"))
+    ids = tok.encode(data.format_prompt({"prompt": prompt}, "auto"), bos=True)
+    positions = None
+    if method is not None and mcfg.method in ("loreft", "direft"):
+        first, last = reft.parse_positions(mcfg.positions)
+        positions = data.reft_positions(len(ids), first, last, mcfg.share_weights)[None]  # [1, G, n]
+    with torch.no_grad():
+        new = M.generate(model, torch.tensor([ids]), None, max_new_tokens, eos_id=1, method=method,
+                         positions=positions)[0].tolist()
+    return tok.decode(ids + (new[:new.index(1)] if 1 in new else new))
+
+
+@pytest.mark.parametrize("method_name,flags,n_params", [
+    ("loreft", ["--epochs", "1", "--layers", "2", "--rank", "2"], "516"),  # 2 groups x (2*64*2+2)
+    ("prefix", ["--max-steps", "10", "--num-virtual-tokens", "4"], "1,280"),  # 5 layers x (k, v) x 4 heads x 4 x 8
+    ("pedro", ["--max-steps", "20", "--lr", "3e-2", "--layers", "1,3", "--rank", "2"], "1,888"),  # 2 x (130+10+3*268)
+])
+def test_load_and_generate_cli(stories260k, tmp_path, method_name, flags, n_params):
     out = tmp_path / "run"
-    r = _cli(*_args(stories260k, out, "--data", str(STEER_TRAIN), "--epochs", "1", "--layers", "2", "--rank", "2"))
+    r = _cli(*_args(stories260k, out, "--data", str(STEER_TRAIN), "--method", method_name, *flags))
     assert r.returncode == 0, r.stderr
-    assert "trainable params: 516 " in r.stderr and "step 34/34" in r.stderr  # 2 groups x (2*64*2+2); 270/8
-    assert "exact_match" in r.stdout.splitlines()[-1]
-    r = _cli("--model", str(stories260k / "stories260K.bin"), "--tokenizer", str(stories260k / "tok512.model"),
-             "--load", str(out), "--prompt", "Tom had a blue car.", "--max-new-tokens", "12")
-    assert r.returncode == 0 and r.stdout.startswith("Tom had a blue car."), r.stderr
+    assert f"trainable params: {n_params} " in r.stderr
+    method, mcfg, _ = reft.load(str(out), M.from_pretrained(str(stories260k / "stories260K.bin")))
+    if method_name == "loreft":  # a whole epoch (270/8 steps), evaluated, with the default positions
+        assert "step 34/34" in r.stderr and "exact_match" in r.stdout.splitlines()[-1] and mcfg.positions == "f3+l3"
+    # the CLI's generation equals model.generate with the saved method, which differs from the base model's
+    prompt = "Tom had a blue car."
+    expected = _expected_text(stories260k, method.eval(), mcfg, prompt, 12)
+    assert expected != _expected_text(stories260k, None, mcfg, prompt, 12)
+    r = _cli(*_load_args(stories260k, out, "--prompt", prompt, "--max-new-tokens", "12"))
+    assert r.returncode == 0 and r.stdout == expected + "\n", r.stderr
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("Tom had a blue car.\nSue had a red hat.\n")
-    r = _cli("--model", str(stories260k / "stories260K.bin"), "--tokenizer", str(stories260k / "tok512.model"),
-             "--load", str(out), "--prompts-file", str(prompts), "--max-new-tokens", "12")
+    r = _cli(*_load_args(stories260k, out, "--prompts-file", str(prompts), "--max-new-tokens", "12"))
     assert r.returncode == 0 and len(r.stdout.splitlines()) == 2 and r.stdout.startswith("Tom had a blue car.\t")
+
+
+def test_load_a_pyreft_folder_cli(stories260k, tmp_path, capsys):
+    """A folder in pyreft's format (untied f1+l1 LoReFT on layers 0 and 2): --load --positions --prompt generates what
+    reft.load_pyreft + model.generate give; without --positions, a one-line error (pyreft does not save them)."""
+    folder = write_pyreft_folder(tmp_path / "pyreft", "LoreftIntervention", [0, 2, 0, 2],
+                                 [loreft_state(seed) for seed in range(4)])
+    prompt = "Lily had a red ball."
+    train.main(_load_args(stories260k, folder, "--positions", "f1+l1", "--prompt", prompt, "--max-new-tokens", "16"))
+    method, mcfg = reft.load_pyreft(folder, M.from_pretrained(str(stories260k / "stories260K.bin")), "f1+l1")
+    expected = _expected_text(stories260k, method.eval(), mcfg, prompt, 16)
+    assert capsys.readouterr().out == expected + "\n"
+    assert expected != _expected_text(stories260k, None, mcfg, prompt, 16)  # the interventions change the text
+    with pytest.raises(SystemExit) as e:
+        train.main(_load_args(stories260k, folder, "--prompt", prompt))
+    assert e.value.code == ("error: a pyreft folder does not store positions: pass the --positions it was trained "
+                            "with (e.g. --positions f1+l1)")
+
+
+def test_default_positions_depend_on_the_task():
+    """--positions "" = f3+l3 for language modelling, f3 (the paper's GLUE setting) for classification; a given
+    --positions wins."""
+    model = _tiny_llama()
+    assert train.TrainConfig().positions == ""
+    assert train.method_config(train.TrainConfig(), model).positions == "f3+l3"
+    assert train.method_config(train.TrainConfig(), model, task="classify").positions == "f3"
+    assert train.method_config(train.TrainConfig(positions="l2"), model, task="classify").positions == "l2"
+
+
+def test_classify_defaults_to_first_token_positions(minilm_dir, tmp_path):
+    cfg = train.TrainConfig(model=str(minilm_dir), data=str(SENT_TRAIN), eval_data=str(SENT_DEV), max_examples=16,
+                            epochs=1, rank=1, out=str(tmp_path), device="cpu")
+    train.train_classifier(cfg)
+    assert reft.load(str(tmp_path), M.from_pretrained(str(minilm_dir)))[1].positions == "f3"
 
 
 @pytest.mark.parametrize("flags,message", [

@@ -136,17 +136,16 @@ class ReFT(Method):
         if positions.dim() != 3 or positions.shape[1] != self.groups:
             raise ValueError(f"positions must be [batch, {self.groups}, n] for this method, got "
                              f"{tuple(positions.shape)}")
-        batch = torch.arange(h.shape[0], device=h.device)[:, None]  # [B, 1]
+        batch = torch.arange(h.shape[0], device=h.device)[:, None].expand(-1, positions.shape[2])  # [B, n]
+        # a token listed twice in a group is edited once (as pyreft's write-back): later copies count as empty
+        repeat = (positions[..., :, None] == positions[..., None, :]).tril(-1).any(-1)  # [B, G, n]
+        valid = ((positions >= 0) & ~repeat)[..., None]  # [B, G, n, 1]
+        positions = positions.clamp(min=0)  # empty slots point at token 0, with a zero delta below
         for g in range(self.groups):
             idx = positions[:, g]  # [B, n]
-            # a token listed twice in a group is edited once (as pyreft's write-back): later copies count as empty
-            repeat = (idx[:, :, None] == idx[:, None, :]).tril(-1).any(-1)  # [B, n]
-            valid = ((idx >= 0) & ~repeat)[..., None]  # [B, n, 1]
-            idx = idx.clamp(min=0)
             rows = h[batch, idx]  # [B, n, d] (indexing, not gather: gather keeps all of h for its backward)
-            delta = (self.interventions[f"{layer}_{g}"](rows) - rows) * valid  # empty slots change nothing
-            # accumulate: empty slots point at token 0 with a zero delta, so duplicates are harmless
-            h = h.index_put((batch.expand_as(idx), idx), delta, accumulate=True)
+            delta = (self.interventions[f"{layer}_{g}"](rows) - rows) * valid[:, g]  # empty slots change nothing
+            h = h.index_put((batch, idx), delta, accumulate=True)  # accumulate: a zero delta at token 0 is harmless
         return h
 
 

@@ -44,6 +44,7 @@ class TrainConfig:
     share_weights: bool = False  # ReFT: one intervention for both position groups
     rank: int = 8  # ReFT rank; PEDRO bottleneck
     dropout: float = 0.0  # ReFT dropout on the intervention output
+    act_fn: str = "linear"  # ReFT activation on W h + b: linear | relu | gelu | silu | tanh (reft.ACTIVATIONS)
     num_virtual_tokens: int = 8  # prefix-tuning: P
     prefix_projection: bool = False  # prefix-tuning: train through the MLP reparametrization
     pooling: str = "last"  # PEDRO pooling: last | mean
@@ -56,6 +57,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     max_length: int = 256  # tokens per example (prompt + response + EOS)
     max_steps: int = 0  # stop after this many optimizer steps (0 = all); the run can be resumed later
+    save_every: int = 0  # also write checkpoint.pt every N optimizer steps (0 = only at the end of each epoch)
     seed: int = 0
     out: str = "runs/reft"  # output folder: reft.pt (the method) and checkpoint.pt (to resume)
     resume: bool = False  # continue from out/checkpoint.pt
@@ -83,10 +85,13 @@ DEFAULT_POSITIONS = {"lm": "f3+l3", "classify": "f3"}
 
 
 def method_config(cfg: TrainConfig, model, task: str = "lm") -> reft.MethodConfig:
+    if cfg.act_fn not in reft.ACTIVATIONS:  # checked here: the ReFT classes would fail with a bare KeyError
+        raise ValueError(f"unknown --act-fn {cfg.act_fn!r}: expected one of {', '.join(reft.ACTIVATIONS)}")
     return reft.MethodConfig(method=cfg.method, layers=reft.parse_layers(cfg.layers, model.config.num_hidden_layers),
                              positions=cfg.positions or DEFAULT_POSITIONS[task], share_weights=cfg.share_weights,
-                             rank=cfg.rank, dropout=cfg.dropout, num_virtual_tokens=cfg.num_virtual_tokens,
-                             prefix_projection=cfg.prefix_projection, pooling=cfg.pooling)
+                             rank=cfg.rank, dropout=cfg.dropout, act_fn=cfg.act_fn,
+                             num_virtual_tokens=cfg.num_virtual_tokens, prefix_projection=cfg.prefix_projection,
+                             pooling=cfg.pooling)
 
 
 def position_args(mcfg: reft.MethodConfig) -> dict:
@@ -239,6 +244,8 @@ def train(cfg: TrainConfig) -> dict:
                 stopped = True
                 save_checkpoint(ckpt_path, method, opt, sched, step, epoch, bi + len(group))
                 break
+            if cfg.save_every > 0 and step % cfg.save_every == 0:  # a crash now loses at most save_every steps
+                save_checkpoint(ckpt_path, method, opt, sched, step, epoch, bi + len(group))
         if stopped:
             break
         save_checkpoint(ckpt_path, method, opt, sched, step, epoch + 1, 0)

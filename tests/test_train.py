@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import data
 import model as M
@@ -184,6 +185,51 @@ def test_resume_without_a_checkpoint_is_an_error(stories260k, tmp_path):
     assert not (tmp_path / "empty").exists()  # it did not start from scratch
 
 
+class Crash(Exception):
+    pass
+
+
+def crash_after_steps(n: int):
+    """A global optimizer hook that raises in the optimizer step after `n` steps (once it has updated the weights,
+    before train.py counts the step or saves anything), as a crash would; returns the handle to remove it."""
+    done = []
+
+    def hook(opt, args, kwargs):
+        done.append(1)
+        if len(done) > n:
+            raise Crash(f"simulated crash in optimizer step {len(done)}")
+
+    return register_optimizer_step_post_hook(hook)
+
+
+def test_save_every_loses_at_most_n_steps(stories260k, tmp_path, monkeypatch, capsys):
+    """A run that crashes after step 7 with --save-every 5 resumes from step 5 (mid-epoch, mid-accumulation order)
+    and ends with the uninterrupted run's weights exactly; without --save-every the same crash leaves nothing."""
+    inits = record_initial_weights(monkeypatch)
+    # 270 training examples in micro-batches of 8, 2 per step: 17 steps; dropout so the saved RNG state matters
+    common = ["--data", str(STEER_TRAIN), "--eval-fraction", "0.1", "--epochs", "1", "--batch-size", "8",
+              "--grad-accum", "2", "--rank", "2", "--layers", "1,3", "--dropout", "0.1"]
+    train.train(train.parse_args(_args(stories260k, tmp_path / "straight", *common)))
+    for name, flags in (("crashed", ["--save-every", "5"]), ("unsaved", [])):
+        handle = crash_after_steps(7)
+        try:
+            with pytest.raises(Crash, match="optimizer step 8"):
+                train.train(train.parse_args(_args(stories260k, tmp_path / name, *common, *flags)))
+        finally:
+            handle.remove()
+    assert not (tmp_path / "unsaved" / "checkpoint.pt").exists()  # the end-of-epoch save alone never came
+    ck = torch.load(tmp_path / "crashed" / "checkpoint.pt", weights_only=False)
+    assert (ck["step"], ck["epoch"], ck["batch"]) == (5, 0, 10)  # after step 5: 5 steps x 2 micro-batches done
+    capsys.readouterr()
+    train.train(train.parse_args(_args(stories260k, tmp_path / "crashed", *common, "--save-every", "5", "--resume")))
+    assert f"resumed from {tmp_path / 'crashed' / 'checkpoint.pt'} at step 5" in capsys.readouterr().err
+    sd = {name: torch.load(tmp_path / name / "reft.pt")["state_dict"] for name in ("straight", "crashed")}
+    assert len(inits) == 4 and sd["straight"].keys() == inits[0].keys()
+    for k in sd["straight"]:
+        assert torch.equal(sd["straight"][k], sd["crashed"][k]), k  # crashed + resumed == uninterrupted
+        assert float((sd["straight"][k] - inits[0][k]).abs().max()) > 1e-3, k  # and training moved every tensor
+
+
 def test_lr_schedule():
     """Linear warm-up from lr/(warm+1) to lr at step warm, then linear decay towards 0 at step total."""
     assert [train.lr_factor(s, 2, 6) for s in range(7)] == pytest.approx([1 / 3, 2 / 3, 1, 3 / 4, 1 / 2, 1 / 4, 0])
@@ -283,6 +329,25 @@ def test_load_a_pyreft_folder_cli(stories260k, tmp_path, capsys):
                             "with (e.g. --positions f1+l1)")
 
 
+def test_act_fn_is_saved_and_reloaded(stories260k, tmp_path, capsys):
+    """--act-fn relu reaches the method (and reft.pt); --load generates with it: the CLI's text equals model.generate
+    with the reloaded method, and differs from the same weights with the default linear activation."""
+    out = tmp_path / "run"
+    train.main(_args(stories260k, out, "--data", str(STEER_TRAIN), "--max-steps", "2", "--act-fn", "relu"))
+    model = M.from_pretrained(str(stories260k / "stories260K.bin"))
+    method, mcfg, blob = reft.load(str(out), model)
+    assert blob["config"]["act_fn"] == "relu" and blob["train_config"]["act_fn"] == "relu"
+    prompt = "Lily had a red ball."
+    expected = _expected_text(stories260k, method.eval(), mcfg, prompt, 16)
+    linear_cfg = reft.MethodConfig(**{**blob["config"], "act_fn": "linear"})
+    linear = reft.build_method(linear_cfg, model)
+    linear.load_state_dict(blob["state_dict"])
+    assert expected != _expected_text(stories260k, linear.eval(), linear_cfg, prompt, 16)  # relu changes the text
+    capsys.readouterr()
+    train.main(_load_args(stories260k, out, "--prompt", prompt, "--max-new-tokens", "16"))
+    assert capsys.readouterr().out == expected + "\n"
+
+
 def test_default_positions_depend_on_the_task():
     """--positions "" = f3+l3 for language modelling, f3 (the paper's GLUE setting) for classification; a given
     --positions wins."""
@@ -305,6 +370,7 @@ def test_classify_defaults_to_first_token_positions(minilm_dir, tmp_path):
     (["--layers", "0,9"], "bad layers '0,9'"),
     (["--rank", "0"], "rank must be positive"),
     (["--method", "lora"], "unknown method 'lora'"),
+    (["--act-fn", "swish"], "unknown --act-fn 'swish': expected one of linear, relu, gelu, silu, tanh"),
     (["--data", "missing.jsonl"], "data file missing.jsonl does not exist"),
 ])
 def test_bad_flags_give_one_line_errors(stories260k, tmp_path, flags, message):

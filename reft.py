@@ -342,6 +342,8 @@ def build_method(cfg: MethodConfig, model) -> Method:
     if cfg.method in ("loreft", "direft"):
         if cfg.rank <= 0:
             raise ValueError(f"rank must be positive, got {cfg.rank}")
+        if cfg.act_fn not in ACTIVATIONS:
+            raise ValueError(f"unknown act_fn {cfg.act_fn!r}: expected one of {', '.join(ACTIVATIONS)}")
         first, last = parse_positions(cfg.positions)
         m = ReFT(cfg.method, mc.hidden_size, cfg.layers, cfg.rank, num_groups(first, last, cfg.share_weights),
                  cfg.dropout, cfg.act_fn)

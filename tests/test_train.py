@@ -370,7 +370,7 @@ def test_classify_defaults_to_first_token_positions(minilm_dir, tmp_path):
     (["--layers", "0,9"], "bad layers '0,9'"),
     (["--rank", "0"], "rank must be positive"),
     (["--method", "lora"], "unknown method 'lora'"),
-    (["--act-fn", "swish"], "unknown --act-fn 'swish': expected one of linear, relu, gelu, silu, tanh"),
+    (["--act-fn", "swish"], "unknown act_fn 'swish': expected one of linear, relu, gelu, silu, tanh"),
     (["--data", "missing.jsonl"], "data file missing.jsonl does not exist"),
 ])
 def test_bad_flags_give_one_line_errors(stories260k, tmp_path, flags, message):

@@ -416,9 +416,10 @@ def train_classifier(cfg: TrainConfig) -> dict:
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
             step += 1
-            if step % 100 == 0:
+            if step % 100 == 0:  # elapsed and eta include the per-epoch evaluations so far
+                el = time.time() - t0
                 print(f"epoch {epoch + 1}/{cfg.epochs} step {step}/{total} | loss {loss.item():.4f} | "
-                      f"{time.time() - t0:.0f}s", file=sys.stderr)
+                      f"{el:.0f}s | eta {el / step * (total - step):.0f}s", file=sys.stderr)
         metrics, preds = evaluate_classifier(model, tok, method, mcfg, eval_ex, labels, cfg)
         print(f"epoch {epoch + 1}/{cfg.epochs} step {step}/{total} | loss {loss.item():.4f} | eval {metrics} | "
               f"{time.time() - t0:.0f}s", file=sys.stderr)

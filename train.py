@@ -201,7 +201,8 @@ def train(cfg: TrainConfig) -> dict:
     method.train()
     print(reft.count_parameters(method, model), file=sys.stderr)
     # AdamW over the method's parameters only, none of them decayed (weight decay would shrink LoReFT's R)
-    opt = torch.optim.AdamW([{"params": list(method.parameters()), "weight_decay": 0.0}], lr=cfg.lr)
+    # (foreach: one multi-tensor update rather than a Python loop over the tensors, as PyTorch does by default on CUDA)
+    opt = torch.optim.AdamW([{"params": list(method.parameters()), "weight_decay": 0.0}], lr=cfg.lr, foreach=True)
     steps_per_epoch = math.ceil(len(train_ex) / (cfg.batch_size * cfg.grad_accum))
     total = steps_per_epoch * cfg.epochs
     warm = int(cfg.warmup * total)
@@ -395,7 +396,8 @@ def train_classifier(cfg: TrainConfig) -> dict:
     print(f"head params: {sum(p.numel() for p in head.parameters()):,} (trained, counted apart)", file=sys.stderr)
     # the method is never decayed (it would shrink LoReFT's R); the head is, by --weight-decay
     opt = torch.optim.AdamW([{"params": list(method.parameters()), "weight_decay": 0.0},
-                             {"params": list(head.parameters()), "weight_decay": cfg.weight_decay}], lr=cfg.lr)
+                             {"params": list(head.parameters()), "weight_decay": cfg.weight_decay}], lr=cfg.lr,
+                            foreach=True)
     per_step = cfg.batch_size * cfg.grad_accum
     total = math.ceil(len(train_ex) / per_step) * cfg.epochs
     warm = int(cfg.warmup * total)

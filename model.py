@@ -165,6 +165,13 @@ def apply_rope(x, cos, sin):
     return x * cos + rotated * sin
 
 
+def recompute_in_backward(fn, *args):
+    """fn(*args), for PEDRO's FFN scale: in training, autograd keeps fn's inputs and recomputes fn in the backward
+    (torch.utils.checkpoint) instead of keeping the scaled [B, T, d_ff] state it makes. With frozen weights the inputs
+    are what the frozen model keeps anyway, so the scale costs no activation memory."""
+    return checkpoint(fn, *args, use_reentrant=False) if torch.is_grad_enabled() else fn(*args)
+
+
 def attention_mask_4d(attention_mask, n_prefix: int, T: int, causal: bool):
     """Boolean mask [B, 1, T, S] (True = may attend) over S = n_prefix + attention_mask.shape[1] keys.
 
@@ -255,12 +262,8 @@ class LlamaMLP(nn.Module):
         gate, up = F.silu(self.gate_proj(x)), self.up_proj(x)  # [B, T, d_ff] each
         if scales is None:
             return self.down_proj(gate * up)
-        # seam 3 (PEDRO): gate ⊙ (l_u ⊙ up). In training, the product is recomputed in the backward
-        # (torch.utils.checkpoint) rather than storing l_u ⊙ up [B, T, d_ff] for it: with frozen weights this keeps
-        # exactly the activations the frozen model keeps (gate and up), so the scale costs no activation memory.
-        if torch.is_grad_enabled():
-            return self.down_proj(checkpoint(lambda g, u, s: g * (u * s), gate, up, scales.u, use_reentrant=False))
-        return self.down_proj(gate * (up * scales.u))
+        # seam 3 (PEDRO): gate ⊙ (l_u ⊙ up), recomputed in the backward (keeps gate and up, as the frozen model does)
+        return self.down_proj(recompute_in_backward(lambda g, u, s: g * (u * s), gate, up, scales.u))
 
 
 class LlamaBlock(nn.Module):
@@ -380,9 +383,11 @@ class EncoderLayer(nn.Module):
                 k, v = torch.cat([prefix[0].to(k.dtype), k], 2), torch.cat([prefix[1].to(v.dtype), v], 2)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.attn_drop if self.training else 0.0)
         x = self.attn_norm(x + self.drop(self.attn_out(y.transpose(1, 2).reshape(B, T, d))))
-        up = F.gelu(self.intermediate(x), approximate=self.gelu_approx)
-        if scales is not None:  # seam 3 (PEDRO): scale the FFN up projection
-            up = up * scales.u
+        up = self.intermediate(x)  # [B, T, d_ff]
+        if scales is None:
+            up = F.gelu(up, approximate=self.gelu_approx)
+        else:  # seam 3 (PEDRO): l_u ⊙ gelu(up), recomputed in the backward (keeps up, as the frozen model does)
+            up = recompute_in_backward(lambda u, s: F.gelu(u, approximate=self.gelu_approx) * s, up, scales.u)
         return self.output_norm(x + self.drop(self.output(up)))
 
 

@@ -325,22 +325,29 @@ def _check_record(rec, where: str) -> dict:
     return rec
 
 
-def read_records(path: str) -> list[dict]:
-    """Records from a .jsonl file (one object per line, blank lines skipped) or a .json file (a list of objects).
-    Errors name the file and line (or record index)."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"data file {path} does not exist")
+def read_jsonl(path: str) -> list[tuple[object, str]]:
+    """(record, "file:line") for every non-blank line of a .jsonl file; invalid JSON is an error naming the line."""
+    records = []
     with open(path, encoding="utf-8") as f:
-        text = f.read()
-    if path.endswith(".jsonl"):
-        records = []
-        for n, line in enumerate(text.splitlines(), 1):
+        for n, line in enumerate(f, 1):  # file lines end at \n only (str.splitlines would also split at U+2028)
             if line.strip():
                 try:
                     records.append((json.loads(line), f"{path}:{n}"))
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+    return records
+
+
+def read_records(path: str) -> list[dict]:
+    """Records from a .jsonl file (one object per line, blank lines skipped) or a .json file (a list of objects).
+    Errors name the file and line (or record index)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"data file {path} does not exist")
+    if path.endswith(".jsonl"):
+        records = read_jsonl(path)
     else:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
@@ -464,13 +471,7 @@ MAIN_METRIC = {"cola": "mcc", "stsb": "pearson"}  # the paper's metric per task 
 def _rows(path: str) -> tuple[list[str], list[tuple[dict, str]]]:
     """The columns and (row, "file:line") pairs of a .jsonl, .csv or .tsv file (TSV as GLUE writes it: no quoting)."""
     if path.endswith(".jsonl"):
-        rows = []
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                try:
-                    rows += [(json.loads(line), f"{path}:{n}")] if line.strip() else []
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+        rows = read_jsonl(path)
         return (list(rows[0][0]) if rows and isinstance(rows[0][0], dict) else []), rows
     if not path.endswith((".csv", ".tsv")):
         raise ValueError(f"{path}: classification data must be .jsonl, .csv or .tsv")

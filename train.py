@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 import model as M
 import reft
-from data import collate, load_tokenizer, read_records, split_heldout, tokenize_examples, format_prompt
+from data import collate, load_tokenizer, read_records, response_of, split_heldout, tokenize_examples, format_prompt
 from data import (collate_classification, encode_classification, is_classification_file, label_names,
                   read_classification, subsample)
 
@@ -157,15 +157,10 @@ def evaluate(model, tok, method, mcfg, examples, cfg, device) -> dict:
             b = collate(examples[i:i + cfg.batch_size], tok.pad_id, **position_args(mcfg))
             losses.append(lm_loss(model, method, to_device(b, device)).item())
         preds = generate_batch(model, tok, method, mcfg, examples, cfg.max_new_tokens, device)
-    refs = [data_response(e) for e in examples]
+    refs = [response_of(e["record"]) for e in examples]
     em = sum(p.strip() == r.strip() for p, r in zip(preds, refs)) / max(len(refs), 1)
     method.train()
     return {"eval_loss": sum(losses) / max(len(losses), 1), "exact_match": em, "n": len(examples), "preds": preds}
-
-
-def data_response(example) -> str:
-    rec = example["record"]
-    return rec["response"] if "response" in rec else rec["output"]
 
 
 def autocast(device: str):

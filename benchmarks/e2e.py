@@ -48,7 +48,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import model as M  # noqa: E402
 import train  # noqa: E402
-from data import load_tokenizer, read_records, tokenize_examples  # noqa: E402
+from data import load_tokenizer, read_records, response_of, tokenize_examples  # noqa: E402
 
 FIRST, LAST = 3, 3  # f3+l3
 
@@ -194,7 +194,7 @@ def run_pyreft(args, hf, tok_dir, data, eval_data, folder):
         for j, row in zip(b["id"].tolist(), out[:, b["input_ids"].shape[1]:].tolist()):
             pred = tok.decode(row[:row.index(1)] if 1 in row else row)
             preds.append(pred)
-            correct += pred.strip() == train.data_response(eval_ex[j]).strip()
+            correct += pred.strip() == response_of(eval_ex[j]["record"]).strip()
     wall = time.perf_counter() - t0
     assert torch.get_num_threads() == args.threads, "the Trainer changed torch's thread count"
     return {"wall_s": wall, "setup_s": t_train - t0, "train_s": t_eval - t_train, "eval_s": wall - (t_eval - t0),

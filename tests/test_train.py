@@ -141,7 +141,7 @@ def test_quick_start_learns_the_steering_task(stories260k, tmp_path, method_name
     method, mcfg, _ = reft.load(str(tmp_path), model)  # the saved method reproduces the run's score exactly
     exs = data.tokenize_examples(data.read_records(str(STEER_EVAL)), tok, eos_id=1)
     preds = train.generate_batch(model, tok, method.eval(), mcfg, exs, 32, "cpu")
-    assert sum(p.strip() == train.data_response(e).strip() for p, e in zip(preds, exs)) / len(exs) == \
+    assert sum(p.strip() == data.response_of(e["record"]).strip() for p, e in zip(preds, exs)) / len(exs) == \
         result["exact_match"]
     assert (tmp_path / "reft.pt").stat().st_size < 100_000  # only the method's weights: kilobytes
 

@@ -9,7 +9,6 @@ reft.py: the four methods, each a plain nn.Module acting at one of model.py's th
 A method is passed to the model's forward (`model(ids, mask, method=m, positions=p)`); the base model is frozen.
 Only the method's weights and its MethodConfig are saved (`save` / `load`).
 """
-import hashlib
 import json
 import os
 import re

@@ -6,6 +6,7 @@ skip with the reason when it is absent (it holds real checkpoints, so it is not 
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -89,3 +90,10 @@ def loreft_state(seed, d=64, orthonormal=True, rank=4) -> dict:
     g = torch.Generator().manual_seed(seed)
     U = torch.linalg.qr(torch.randn(d, rank, generator=g))[0] if orthonormal else torch.randn(d, rank, generator=g)
     return {"weight": torch.randn(rank, d, generator=g), "bias": torch.randn(rank, generator=g), "rotate_layer": U}
+
+
+def run_train_cli(*args) -> subprocess.CompletedProcess:
+    """train.py in a subprocess, as many threads as the in-process tests (two fighting over a busy CPU crawl)."""
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("REFT_TEST_THREADS", "1")}
+    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], capture_output=True, text=True, cwd=REPO,
+                          timeout=300, env=env)

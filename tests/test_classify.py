@@ -6,9 +6,6 @@ project's example data (examples/sentiment_*.jsonl, written by examples/make_sen
 """
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -17,7 +14,7 @@ import data
 import model as M
 import reft
 import train
-from conftest import REPO
+from conftest import REPO, run_train_cli
 
 SENT_TRAIN, SENT_DEV = REPO / "examples" / "sentiment_train.jsonl", REPO / "examples" / "sentiment_dev.jsonl"
 TINY = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
@@ -232,10 +229,8 @@ def _cfg(minilm_dir, out, **kw):
 
 
 def _cli(*args):
-    """train.py in a subprocess, as many threads as the in-process tests (two fighting over a busy CPU crawl)."""
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("REFT_TEST_THREADS", "1")}
-    r = subprocess.run([sys.executable, str(REPO / "train.py"), *args], capture_output=True, text=True, cwd=REPO,
-                       timeout=300, env=env)
+    """train.py in a subprocess and the metrics JSON of its last stdout line (None if it failed)."""
+    r = run_train_cli(*args)
     return r, (json.loads(r.stdout.splitlines()[-1]) if r.returncode == 0 else None)
 
 

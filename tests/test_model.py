@@ -165,7 +165,7 @@ def random_llama2c(shared=True, seed=0):
     g = torch.Generator().manual_seed(seed)
     a = dict(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=64, hidden_dim=48, multiple_of=16, norm_eps=1e-5,
              max_seq_len=32, dropout=0.0)
-    dim, hd, kv = a["dim"], a["dim"] // a["n_heads"], a["n_kv_heads"] * a["dim"] // a["n_heads"]
+    dim, kv = a["dim"], a["n_kv_heads"] * a["dim"] // a["n_heads"]
     shapes = {"attention.wq": (dim, dim), "attention.wk": (kv, dim), "attention.wv": (kv, dim),
               "attention.wo": (dim, dim), "feed_forward.w1": (a["hidden_dim"], dim),
               "feed_forward.w2": (dim, a["hidden_dim"]), "feed_forward.w3": (a["hidden_dim"], dim)}
@@ -762,10 +762,7 @@ def test_encoder_unsupported_config_is_a_clear_error(change, message, tmp_path):
 
 
 def run_cli(*args):
-    try:
-        import data  # noqa: F401  (the CLI's tokenizer loader)
-    except ImportError as e:
-        pytest.skip(f"data.py cannot be imported ({e}); the CLI needs data.load_tokenizer")
+    """python model.py ARGS in a subprocess, on the CPU."""
     return subprocess.run([sys.executable, str(REPO / "model.py"), *args], capture_output=True, text=True,
                           cwd=REPO, timeout=120, env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"})
 
@@ -783,10 +780,6 @@ def test_cli_continues_a_prompt(stories260k, stories, sp):
 
 def main_out(capsys, *args):
     """model.main(args) in this process (on CPU) -> what it printed."""
-    try:
-        import data  # noqa: F401  (the CLI's tokenizer loader)
-    except ImportError as e:
-        pytest.skip(f"data.py cannot be imported ({e}); the CLI needs data.load_tokenizer")
     M.main([*args, "--device", "cpu"])
     return capsys.readouterr().out
 

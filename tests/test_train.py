@@ -1,8 +1,5 @@
 """data.py datasets/positions and train.py end to end: the quick-start task on the real stories260K model."""
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -12,7 +9,7 @@ import data
 import model as M
 import reft
 import train
-from conftest import REPO, loreft_state, write_pyreft_folder
+from conftest import REPO, loreft_state, run_train_cli, write_pyreft_folder
 
 STEER_TRAIN, STEER_EVAL = REPO / "examples" / "steer_train.jsonl", REPO / "examples" / "steer_eval.jsonl"
 SENT_TRAIN, SENT_DEV = REPO / "examples" / "sentiment_train.jsonl", REPO / "examples" / "sentiment_dev.jsonl"
@@ -260,11 +257,7 @@ def test_grad_accum_equals_one_big_batch(stories260k, tmp_path):
         torch.testing.assert_close(weights["4"][k], weights["8"][k], atol=1e-6, rtol=1e-5)
 
 
-def _cli(*args):
-    """train.py in a subprocess, as many threads as the in-process tests (two fighting over a busy CPU crawl)."""
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("REFT_TEST_THREADS", "1")}
-    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], capture_output=True, text=True, cwd=REPO,
-                          timeout=300, env=env)
+_cli = run_train_cli
 
 
 def _load_args(stories260k, folder, *extra):

@@ -118,8 +118,14 @@ def test_prefix_matches_peft(llama, hf_llama, projection):
     torch.testing.assert_close(ours[real], theirs[real], atol=1e-5, rtol=1e-4)
     assert (ours - base)[real].abs().max() > 1e-2  # the prefix matters: the comparison is not vacuous
     new = M.generate(llama, ids, mask, max_new_tokens=6, method=method)
-    hf_new = pm.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False)[:, ids.shape[1]:]
-    assert new.tolist() == hf_new.tolist()
+    # PEFT's greedy tokens from its own forward, one full recomputation per step (PEFT's cached `generate` is not the
+    # reference: with transformers 5.x it drops the prefix, "Both past_key_values and cache are set ... ignoring")
+    hf_ids, hf_mask = ids, mask
+    with torch.no_grad():
+        for _ in range(6):
+            nxt = pm(input_ids=hf_ids, attention_mask=hf_mask, position_ids=hf_positions(hf_mask)).logits[:, -1].argmax(-1)
+            hf_ids, hf_mask = torch.cat([hf_ids, nxt[:, None]], 1), torch.cat([hf_mask, hf_mask.new_ones(2, 1)], 1)
+    assert new.tolist() == hf_ids[:, ids.shape[1]:].tolist()
     assert new.tolist() != M.generate(llama, ids, mask, max_new_tokens=6).tolist()  # the prefix changes the tokens
     if projection:  # PEFT saves the MLP's output: our folded prefix holds the same numbers in our layout
         flat = enc(torch.arange(P)[None])[0].detach()  # [P, 2L·H_kv·d_h]

@@ -10,17 +10,9 @@ The methods of reft.py act at three explicit call sites, marked "seam" below (gr
   seam 3, element-wise scales on q, v and the FFN up projection (PEDRO):       method.scales(l, x, prompt_mask, cache)
 The model holds no hidden state: a KVCache object is passed to forward by the caller (see `generate`).
 """
-import http.client
-import json
 import math
-import os
-import re
-import struct
-import sys
-import urllib.request
 from dataclasses import dataclass, fields
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -133,16 +125,20 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x):
+    def forward(self, x):  # x [..., d] -> [..., d]
+        ### BEGIN SOLUTION rmsnorm
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * xf.to(x.dtype)
+        ### END SOLUTION rmsnorm
 
 
 def rope_inv_freq(cfg: LlamaConfig) -> torch.Tensor:
     """Rotary frequencies theta^(-2i/d_h), i < d_h/2, with Llama-3 / linear scaling where the config asks."""
     d = cfg.head_dim
-    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+    ### BEGIN SOLUTION rope
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d))  # [d_h/2], fp64
+    ### END SOLUTION rope
     sc = cfg.rope_scaling or {}
     rope_type = sc.get("rope_type", sc.get("type", "default"))
     if rope_type == "linear":
@@ -158,11 +154,23 @@ def rope_inv_freq(cfg: LlamaConfig) -> torch.Tensor:
     return inv_freq.float()
 
 
+def rope_cos_sin(pos, inv_freq):
+    """Token positions [B, T] -> cos, sin [B, 1, T, d_h] of the angles pos·θ_i, each θ_i used for both halves."""
+    ### BEGIN SOLUTION rope
+    freqs = pos[..., None].float() * inv_freq  # [B, T, d_h/2]
+    angles = torch.cat([freqs, freqs], -1)[:, None]  # [B, 1, T, d_h]
+    return angles.cos(), angles.sin()
+    ### END SOLUTION rope
+
+
 def apply_rope(x, cos, sin):
-    """Rotate pairs (i, i + d_h/2) of x [B, H, T, d_h] (the Hugging Face half-split convention)."""
-    x1, x2 = x.chunk(2, dim=-1)
+    """Rotate pairs (x[i], x[i + d_h/2]) of x [B, H, T, d_h] by angle pos·θ_i (Hugging Face's half-split convention):
+        (x1, x2) -> (x1 cos − x2 sin, x2 cos + x1 sin)"""
+    ### BEGIN SOLUTION rope
+    x1, x2 = x.chunk(2, dim=-1)  # [B, H, T, d_h/2] each
     rotated = torch.cat((-x2, x1), dim=-1)
     return x * cos + rotated * sin
+    ### END SOLUTION rope
 
 
 def recompute_in_backward(fn, *args):
@@ -209,9 +217,11 @@ class KVCache:
         end = self.length + k.shape[2]
         if end > self.max_len:
             raise ValueError(f"KVCache is full: {end} positions needed, {self.max_len} allocated")
+        ### BEGIN SOLUTION attention
         self.k[layer][:, :, self.length:end] = k
         self.v[layer][:, :, self.length:end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+        ### END SOLUTION attention
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -228,25 +238,36 @@ class LlamaAttention(nn.Module):
         self.o_proj = nn.Linear(self.n_head * self.hd, cfg.hidden_size, bias=cfg.attention_bias)
 
     def forward(self, x, cos, sin, mask, cache, method, scales):
+        """x [B, T, d] -> [B, T, d]. mask: None (causal over these T tokens and the whole cached past) or a boolean
+        [B, 1, T, S] over all S keys (True = may attend); cache: a KVCache or None; scales: PEDRO's or None."""
         B, T, _ = x.shape
+        ### BEGIN SOLUTION attention
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # [B, T, H*d_h], [B, T, H_kv*d_h] x2
-        if scales is not None:  # seam 3 (PEDRO): prompt-dependent element-wise scales, q before RoPE
-            q, v = q * scales.q, v * scales.v
+        ### END SOLUTION attention
+        if scales is not None:  # seam 3 (PEDRO): prompt-dependent scales, q before RoPE; fp32 product, cast once
+            q, v = (q * scales.q).to(q.dtype), (v * scales.v).to(v.dtype)
+        ### BEGIN SOLUTION attention
         q = q.view(B, T, self.n_head, self.hd).transpose(1, 2)  # [B, H, T, d_h]
         k = k.view(B, T, self.n_kv, self.hd).transpose(1, 2)  # [B, H_kv, T, d_h]
         v = v.view(B, T, self.n_kv, self.hd).transpose(1, 2)  # [B, H_kv, T, d_h]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        ### END SOLUTION attention
         if method is not None and (cache is None or cache.length == 0):
             prefix = method.prefix_kv(self.layer, B)  # seam 2 (prefix-tuning): learned keys/values, not rotated
             if prefix is not None:
+                ### BEGIN SOLUTION prefix
                 k, v = torch.cat([prefix[0].to(k.dtype), k], 2), torch.cat([prefix[1].to(v.dtype), v], 2)
+                ### END SOLUTION prefix
+        ### BEGIN SOLUTION attention
         if cache is not None:
             k, v = cache.update(self.layer, k, v)  # [B, H_kv, S, d_h]: past (and prefix) keys first
+        # GQA: query head h reads key/value head h // (H / H_kv) (enable_gqa; no copies of k and v)
         if mask is None:  # no padding and nothing before these T tokens but (for T=1) the whole past
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=True)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=True)  # [B, H, T, d_h]
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.hd))
+        ### END SOLUTION attention
 
 
 class LlamaMLP(nn.Module):
@@ -262,8 +283,9 @@ class LlamaMLP(nn.Module):
         gate, up = F.silu(self.gate_proj(x)), self.up_proj(x)  # [B, T, d_ff] each
         if scales is None:
             return self.down_proj(gate * up)
-        # seam 3 (PEDRO): gate ⊙ (l_u ⊙ up), recomputed in the backward (keeps gate and up, as the frozen model does)
-        return self.down_proj(recompute_in_backward(lambda g, u, s: g * (u * s), gate, up, scales.u))
+        # seam 3 (PEDRO): gate ⊙ (l_u ⊙ up) (fp32 product, cast once), recomputed in the backward (keeps gate and
+        # up, as the frozen model does)
+        return self.down_proj(recompute_in_backward(lambda g, u, s: g * (u * s).to(u.dtype), gate, up, scales.u))
 
 
 class LlamaBlock(nn.Module):
@@ -321,18 +343,20 @@ class Llama(nn.Module):
             if attention_mask.shape != (B, n_real):
                 raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, n_real)} "
                                  "(batch, past + current real tokens)")
-            pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:] + n_virtual  # [B, T] left pad ok
+            pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]  # [B, T] real tokens from 0: left pad ok
             mask = attention_mask_4d(attention_mask, n_virtual, T, causal=True)
         else:  # no padding: plain causal attention over everything before, no mask tensor needed at T=1
-            pos = torch.arange(n_virtual + n_real - T, n_virtual + n_real, device=input_ids.device)[None].expand(B, T)
+            pos = torch.arange(n_real - T, n_real, device=input_ids.device)[None].expand(B, T)
             needs_mask = T > 1 and n_virtual + n_real > T
             mask = attention_mask_4d(input_ids.new_ones(B, n_real), n_virtual, T, causal=True) if needs_mask else None
+        if n_virtual:  # prefix-tuning: the P virtual tokens come first, so real tokens' RoPE positions start at P
+            ### BEGIN SOLUTION prefix
+            pos = pos + n_virtual
+            ### END SOLUTION prefix
         if self.inv_freq.device != input_ids.device:
             self.inv_freq = self.inv_freq.to(input_ids.device)
-        freqs = pos[..., None].float() * self.inv_freq  # [B, T, d_h/2]
-        cos = torch.cat([freqs.cos(), freqs.cos()], -1)[:, None]  # [B, 1, T, d_h]
-        sin = torch.cat([freqs.sin(), freqs.sin()], -1)[:, None]
         x = self.embed_tokens(input_ids)  # [B, T, d]
+        cos, sin = rope_cos_sin(pos, self.inv_freq)  # [B, 1, T, d_h] each
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         if prompt_mask is None and attention_mask is not None:  # the documented default: this call's real tokens
             prompt_mask = attention_mask[:, -T:]
@@ -374,8 +398,8 @@ class EncoderLayer(nn.Module):
         hd = d // self.n_head
         scales = None if method is None else method.scales(self.layer, x, prompt_mask, None)  # seam 3 (PEDRO)
         q, k, v = self.query(x), self.key(x), self.value(x)  # [B, T, d] each
-        if scales is not None:
-            q, v = q * scales.q, v * scales.v
+        if scales is not None:  # fp32 product, cast once
+            q, v = (q * scales.q).to(q.dtype), (v * scales.v).to(v.dtype)
         q, k, v = (t.view(B, T, self.n_head, hd).transpose(1, 2) for t in (q, k, v))  # [B, H, T, d_h]
         if method is not None:
             prefix = method.prefix_kv(self.layer, B)  # seam 2 (prefix-tuning): visible to every token
@@ -387,7 +411,8 @@ class EncoderLayer(nn.Module):
         if scales is None:
             up = F.gelu(up, approximate=self.gelu_approx)
         else:  # seam 3 (PEDRO): l_u ⊙ gelu(up), recomputed in the backward (keeps up, as the frozen model does)
-            up = recompute_in_backward(lambda u, s: F.gelu(u, approximate=self.gelu_approx) * s, up, scales.u)
+            up = recompute_in_backward(lambda u, s: (F.gelu(u, approximate=self.gelu_approx) * s).to(u.dtype), up,
+                                       scales.u)
         return self.output_norm(x + self.drop(self.output(up)))
 
 
@@ -495,6 +520,7 @@ def generate(model: Llama, input_ids, attention_mask=None, max_new_tokens: int =
     if n_virtual + T + max_new_tokens > model.config.max_position_embeddings:
         raise ValueError(f"prompt of {T} tokens + {max_new_tokens} new tokens exceeds the model's context "
                          f"(max_position_embeddings={model.config.max_position_embeddings})")
+    ### BEGIN SOLUTION generate
     if attention_mask is not None and bool(attention_mask.all()):
         attention_mask = None  # no padding: the faster unmasked attention path
     prompt_mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
@@ -519,380 +545,20 @@ def generate(model: Llama, input_ids, attention_mask=None, max_new_tokens: int =
             pm = torch.cat([prompt_mask, prompt_mask.new_zeros(B, ids.shape[1] - T)], 1)
             logits = model(ids, mask, None, method, positions, pm)[:, -1]
     return torch.stack(out, 1)
+    ### END SOLUTION generate
 
 
 # -----------------------------------------------------------------------------------------------------------------
-# Loading public weights. Renames from other formats live in these tables: (regex on the checkpoint name, our name).
-
-ENCODER_RENAMES = [
-    (r"^(roberta|bert)\.", ""),  # the base-model prefix of *ForSequenceClassification checkpoints
-    (r"^embeddings\.LayerNorm\.", "embed_norm."),
-    (r"^embeddings\.", ""),
-    (r"^encoder\.layer\.(\d+)\.attention\.self\.", r"layers.\1."),
-    (r"^encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"layers.\1.attn_out."),
-    (r"^encoder\.layer\.(\d+)\.attention\.output\.LayerNorm\.", r"layers.\1.attn_norm."),
-    (r"^encoder\.layer\.(\d+)\.intermediate\.dense\.", r"layers.\1.intermediate."),
-    (r"^encoder\.layer\.(\d+)\.output\.dense\.", r"layers.\1.output."),
-    (r"^encoder\.layer\.(\d+)\.output\.LayerNorm\.", r"layers.\1.output_norm."),
-    (r"^pooler\.dense\.", "pooler."),
-    (r"^classifier\.(dense|out_proj)\.", r"classifier.\1."),  # RoBERTa classification head
-    (r"^classifier\.(weight|bias)$", r"classifier.out_proj.\1"),  # BERT classification head
-    (r"\.gamma$", ".weight"), (r"\.beta$", ".bias"),  # LayerNorm names of old BERT checkpoints
-]
-ENCODER_IGNORED = r"(position_ids$|^lm_head\.|^cls\.)"  # buffers and pretraining (MLM/NSP) heads we do not use
-
-LLAMA_RENAMES = [(r"^model\.", "")]
-
-LLAMA2C_RENAMES = [  # llama2.c's names (model.py of karpathy/llama2.c) -> ours
-    (r"^_orig_mod\.", ""),  # torch.compile'd training checkpoints
-    (r"^tok_embeddings\.", "embed_tokens."),
-    (r"^layers\.(\d+)\.attention\.w([qkvo])\.", r"layers.\1.self_attn.\2_proj."),
-    (r"^layers\.(\d+)\.feed_forward\.w1\.", r"layers.\1.mlp.gate_proj."),
-    (r"^layers\.(\d+)\.feed_forward\.w2\.", r"layers.\1.mlp.down_proj."),
-    (r"^layers\.(\d+)\.feed_forward\.w3\.", r"layers.\1.mlp.up_proj."),
-    (r"^layers\.(\d+)\.attention_norm\.", r"layers.\1.input_layernorm."),
-    (r"^layers\.(\d+)\.ffn_norm\.", r"layers.\1.post_attention_layernorm."),
-    (r"^output\.", "lm_head."),
-]
-
-_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-              "BOOL": torch.bool}
-
-
-def read_safetensors(path: str) -> dict:
-    """The safetensors format: 8-byte little-endian header size, a JSON header {name: dtype, shape, offsets}, data."""
-    with open(path, "rb") as f:
-        try:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n))
-        except (struct.error, ValueError, UnicodeDecodeError):
-            raise ValueError(f"{path} is not a safetensors file (bad header)") from None
-        data = bytearray(f.read())
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        dtype, (a, b) = _ST_DTYPES[info["dtype"]], info["data_offsets"]
-        t = torch.frombuffer(data, dtype=dtype, count=(b - a) // dtype.itemsize, offset=a) if b > a else \
-            torch.empty(0, dtype=dtype)
-        out[name] = t.reshape(info["shape"])
-    return out
-
-
-def read_hf_weights(folder: str) -> dict:
-    """All tensors of a HF model folder: model.safetensors, sharded safetensors, or pytorch_model.bin."""
-    for index_name, reader in (("model.safetensors.index.json", read_safetensors),
-                               ("pytorch_model.bin.index.json", _torch_load)):
-        index = os.path.join(folder, index_name)
-        if os.path.exists(index):
-            state = {}
-            for shard in sorted(set(json.load(open(index))["weight_map"].values())):
-                if not os.path.exists(os.path.join(folder, shard)):
-                    raise FileNotFoundError(f"{index} lists shard {shard!r}, which is not in {folder}")
-                state.update(reader(os.path.join(folder, shard)))
-            return state
-    for name, reader in (("model.safetensors", read_safetensors), ("pytorch_model.bin", _torch_load)):
-        if os.path.exists(os.path.join(folder, name)):
-            return reader(os.path.join(folder, name))
-    raise FileNotFoundError(f"no weights in {folder}: expected model.safetensors, model.safetensors.index.json "
-                            "(+ shards) or pytorch_model.bin")
-
-
-def _torch_load(path: str) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:
-        raise ValueError(f"{path} is not a PyTorch checkpoint torch.load can read safely ({type(e).__name__})") from None
-
-
-def _rename(name: str, table) -> str:
-    for pattern, repl in table:
-        name = re.sub(pattern, repl, name)
-    return name
-
-
-def load_weights(model: nn.Module, state: dict, renames, ignored: str | None = None, source: str = "checkpoint"):
-    """Strict copy: every checkpoint tensor must land on a model tensor of the same shape, and every model tensor
-    must be filled. Errors name the offending key."""
-    own = model.state_dict()
-    tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
-    filled = set()
-    with torch.no_grad():
-        for key, tensor in state.items():
-            name = _rename(key, renames)
-            if (ignored and re.search(ignored, key)) or name in tied:
-                continue
-            if name not in own:
-                raise ValueError(f"unexpected tensor {key!r} in {source} (no such weight in {type(model).__name__})")
-            if tuple(tensor.shape) != tuple(own[name].shape):
-                raise ValueError(f"shape mismatch for {key!r} in {source}: checkpoint {tuple(tensor.shape)}, "
-                                 f"model {tuple(own[name].shape)} (does config.json match the weights?)")
-            own[name].copy_(tensor)
-            filled.add(name)
-    missing = sorted(set(own) - filled - tied)
-    if missing:
-        raise ValueError(f"{source} is missing {len(missing)} tensor(s), first: {missing[0]!r}")
-
-
-# llama2.c models were trained on BOS-delimited stories and never saw EOS (id 2): a story ends when the model predicts
-# BOS, and llama2.c's run.c stops generating there. So BOS (id 1) is these models' end-of-sequence token.
-LLAMA2C_END = 1
-
-
-def _llama2c_permute(w, n_heads: int):
-    """llama2.c rotates interleaved pairs (0,1),(2,3)...; HF rotates halves (i, i+d_h/2). Reorder q/k rows so that
-    our half-split RoPE computes exactly llama2.c's rotation (the permutation of HF's convert_llama_weights)."""
-    out_dim, in_dim = w.shape
-    return w.view(n_heads, out_dim // n_heads // 2, 2, in_dim).transpose(1, 2).reshape(out_dim, in_dim)
-
-
-def _from_llama2c_state(state: dict, cfg: LlamaConfig, source: str) -> Llama:
-    model = Llama(cfg)
-    state = {_rename(k, LLAMA2C_RENAMES): v for k, v in state.items()}
-    for i in range(cfg.num_hidden_layers):
-        for proj, heads in (("q_proj", cfg.num_attention_heads), ("k_proj", cfg.num_key_value_heads)):
-            key = f"layers.{i}.self_attn.{proj}.weight"
-            if key in state:
-                state[key] = _llama2c_permute(state[key], heads)
-    load_weights(model, state, [], source=source)
-    return model
-
-
-def read_llama2c_bin(path: str) -> Llama:
-    """llama2.c's legacy export: 7 int32 (dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len;
-    vocab_size < 0 means an untied output head), then fp32 weights in a fixed order (run.c memory_map_weights)."""
-    raw = np.fromfile(path, dtype=np.uint8)
-    if len(raw) < 28:
-        raise ValueError(f"{path} is too small to be a llama2.c checkpoint")
-    dim, hidden, n_layers, n_heads, n_kv, vocab, seq_len = struct.unpack("7i", raw[:28].tobytes())
-    if dim == 0x616B3432 or not (0 < dim < 1 << 16 and 0 < n_heads <= dim and 0 < n_kv <= n_heads):
-        raise ValueError(f"{path} is not a legacy llama2.c export (header {dim, hidden, n_layers, n_heads}); "
-                         "the versioned 'ak42' export is not supported, export with --version 0")
-    shared, vocab = vocab > 0, abs(vocab)
-    head = dim // n_heads
-    w = torch.from_numpy(raw[28:28 + (len(raw) - 28) // 4 * 4].view(np.float32).copy())  # whole floats only
-    sizes = [("tok_embeddings.weight", (vocab, dim)), ("attention_norm", (n_layers, dim)),
-             ("wq", (n_layers, dim, dim)), ("wk", (n_layers, n_kv * head, dim)), ("wv", (n_layers, n_kv * head, dim)),
-             ("wo", (n_layers, dim, dim)), ("ffn_norm", (n_layers, dim)), ("w1", (n_layers, hidden, dim)),
-             ("w2", (n_layers, dim, hidden)), ("w3", (n_layers, hidden, dim)), ("norm.weight", (dim,)),
-             ("freq_cis", (seq_len * head,))]  # the legacy export still stores the old RoPE table: skipped
-    if not shared:
-        sizes.append(("output.weight", (vocab, dim)))
-    expected = sum(math.prod(s) for _, s in sizes)
-    if len(raw) != 28 + 4 * expected:  # a byte count, so a cut inside the last float is caught too
-        raise ValueError(f"{path}: header promises {expected} floats, file holds {(len(raw) - 28) / 4:g} "
-                         "(truncated or not llama2.c)")
-    parts, off = {}, 0
-    for name, shape in sizes:
-        parts[name] = w[off:off + math.prod(shape)].view(shape)
-        off += math.prod(shape)
-    state = {k: parts[k] for k in ("tok_embeddings.weight", "norm.weight", "output.weight") if k in parts}
-    for i in range(n_layers):
-        for k in ("wq", "wk", "wv", "wo"):
-            state[f"layers.{i}.attention.{k}.weight"] = parts[k][i]
-        for k in ("w1", "w2", "w3"):
-            state[f"layers.{i}.feed_forward.{k}.weight"] = parts[k][i]
-        state[f"layers.{i}.attention_norm.weight"] = parts["attention_norm"][i]
-        state[f"layers.{i}.ffn_norm.weight"] = parts["ffn_norm"][i]
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=dim, intermediate_size=hidden, num_hidden_layers=n_layers,
-                      num_attention_heads=n_heads, num_key_value_heads=n_kv, max_position_embeddings=seq_len,
-                      rms_norm_eps=1e-5, tie_word_embeddings=shared, eos_token_id=LLAMA2C_END)
-    return _from_llama2c_state(state, cfg, path)
-
-
-def read_llama2c_pt(path: str) -> Llama:
-    """llama2.c's training checkpoint (train.py's ckpt.pt): {"model": state_dict, "model_args": {...}, ...}."""
-    ckpt = _torch_load(path)
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
-        raise ValueError(f"{path} is not a llama2.c training checkpoint (expected keys 'model' and 'model_args')")
-    a, state = ckpt["model_args"], ckpt["model"]
-    state = {_rename(k, LLAMA2C_RENAMES[:1]): v for k, v in state.items()}
-    tied = "output.weight" not in state or state["output.weight"].data_ptr() == state["tok_embeddings.weight"].data_ptr() \
-        or torch.equal(state["output.weight"], state["tok_embeddings.weight"])
-    if tied:
-        state.pop("output.weight", None)
-    cfg = LlamaConfig(vocab_size=a["vocab_size"], hidden_size=a["dim"],
-                      intermediate_size=state["layers.0.feed_forward.w1.weight"].shape[0],
-                      num_hidden_layers=a["n_layers"], num_attention_heads=a["n_heads"],
-                      num_key_value_heads=a.get("n_kv_heads") or a["n_heads"],
-                      max_position_embeddings=a.get("max_seq_len", 2048), rms_norm_eps=a.get("norm_eps", 1e-5),
-                      tie_word_embeddings=tied, eos_token_id=LLAMA2C_END)
-    return _from_llama2c_state(state, cfg, path)
-
-
-# Public checkpoints that can be fetched by name (llama2.c's TinyStories models, MIT).
-TINYLLAMAS = "https://huggingface.co/karpathy/tinyllamas/resolve/main/"
-PUBLIC_FILES = {
-    "stories260K": TINYLLAMAS + "stories260K/stories260K.bin",
-    "tok512.model": TINYLLAMAS + "stories260K/tok512.model",
-    "stories15M": TINYLLAMAS + "stories15M.bin",
-    "stories42M": TINYLLAMAS + "stories42M.bin",
-    "stories110M": TINYLLAMAS + "stories110M.bin",
-    "tokenizer.model": "https://raw.githubusercontent.com/karpathy/llama2.c/master/tokenizer.model",
-}
-CACHE_DIR = os.environ.get("REFT_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "reft-from-scratch"))
-
-
-def download(url: str, dest: str) -> str:
-    """Fetch url to dest once; later calls use the local copy. The bytes go to dest.part, renamed when complete, so
-    dest is never a partial file. HTTP 401/404 (no such file, or a private repo) -> FileNotFoundError; any other
-    failure -> ConnectionError."""
-    if os.path.exists(dest):
-        return dest
-    print(f"downloading {url} -> {dest}", file=sys.stderr)
-    part = dest + ".part"
-    try:
-        with urllib.request.urlopen(url, timeout=30) as r:
-            os.makedirs(os.path.dirname(dest), exist_ok=True)  # only once the server answers: no empty folders
-            size = r.headers.get("Content-Length")
-            with open(part, "wb") as f:
-                while chunk := r.read(1 << 20):
-                    f.write(chunk)
-                got = f.tell()
-        if size is not None and got != int(size):  # http.client ends a cut stream quietly, as if it were complete
-            raise OSError(f"connection closed after {got} of {size} bytes")
-        os.replace(part, dest)
-    except (OSError, http.client.HTTPException) as e:
-        if getattr(e, "code", None) in (401, 404):  # HTTPError: the Hub answers 401 for repos that do not exist
-            raise FileNotFoundError(f"{url}: HTTP {e.code} {e.reason} (no such file, or a private repo)") from None
-        raise ConnectionError(f"cannot download {url} ({getattr(e, 'reason', None) or e}); offline? Download it "
-                              "yourself and pass the local path instead") from None
-    finally:
-        if os.path.exists(part):
-            os.remove(part)  # a broken download leaves nothing behind
-    return dest
-
-
-def download_repo(repo: str, folder: str) -> str:
-    """config.json, the weights (one file, or an index and its shards) and the tokenizer files of a Hugging Face
-    repo. They land in folder.part, renamed to folder when all are there: an existing folder is a complete copy."""
-    base, part = f"https://huggingface.co/{repo}/resolve/main/", folder + ".part"
-    try:
-        download(base + "config.json", os.path.join(part, "config.json"))
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"{repo}: no such local file or folder, nor a public Hugging Face repo ({e})") from None
-    for name in ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin"):  # the first one found
-        try:
-            path = download(base + name, os.path.join(part, name))
-        except FileNotFoundError:  # the repo stores its weights under another name
-            continue
-        if name.endswith("index.json"):  # sharded: the index maps every tensor to one of the shard files
-            for shard in sorted(set(json.load(open(path))["weight_map"].values())):
-                download(base + shard, os.path.join(part, shard))
-        break
-    else:
-        raise FileNotFoundError(f"{repo} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
-    for name in ("tokenizer.model", "vocab.json", "merges.txt", "vocab.txt", "tokenizer_config.json"):
-        try:
-            download(base + name, os.path.join(part, name))
-        except FileNotFoundError:  # a repo has one tokenizer format (or none): the others are absent
-            pass
-    os.replace(part, folder)
-    return folder
-
-
-def _is_repo_id(name: str) -> bool:
-    """A Hugging Face repo id is "org/name" and cannot be mistaken for a file path, so that a mistyped local path is a
-    FileNotFoundError, not a download: runs/model.bin, ckpt/last.pt, .cache/x are paths; meta-llama/Llama-3.2-1B is
-    a repo id."""
-    file_suffix = r"\.(bin|pt|pth|ckpt|safetensors|gguf|model|json|txt)$"
-    return re.fullmatch(r"[\w-]+/[\w.-]+", name) is not None and re.search(file_suffix, name) is None
-
-
-def resolve(name_or_path: str) -> str:
-    """A local path as is; a known public name (stories260K, tok512.model, ...) or a HF repo id ("org/name")
-    downloaded once into CACHE_DIR."""
-    if os.path.exists(name_or_path):
-        return name_or_path
-    if name_or_path in PUBLIC_FILES:
-        url = PUBLIC_FILES[name_or_path]
-        return download(url, os.path.join(CACHE_DIR, url.rsplit("/", 1)[1]))
-    if _is_repo_id(name_or_path):
-        folder = os.path.join(CACHE_DIR, name_or_path.replace("/", "--"))
-        return folder if os.path.isdir(folder) else download_repo(name_or_path, folder)
-    raise FileNotFoundError(f"{name_or_path}: no such file or folder (and not a known model name: "
-                            f"{', '.join(PUBLIC_FILES)}, or a Hugging Face repo id)")
-
-
-def _check_llama_json(d: dict, source: str):
-    """config.json keys that LlamaConfig drops must not change the computation. attention_dropout (training only)
-    and pretraining_tp (a sliced matmul, numerically the same) are safe to drop; an active sliding window is not.
-    (transformers' LlamaModel ignores sliding_window too, but a llama-typed checkpoint that sets it was trained to
-    see only the last W tokens, which full attention does not reproduce on longer inputs.)"""
-    window = d.get("sliding_window")
-    if window is not None and d.get("use_sliding_window", True) and window < d.get("max_position_embeddings", 2048):
-        raise ValueError(f"{source}: sliding_window={window} (attention to the last {window} tokens only) is not "
-                         "supported; this model attends to the whole context")
+# Loading public weights: the formats (HF folders, llama2.c exports), renames and downloads are in support/checkpoints.py
 
 
 def from_pretrained(path: str, dtype=None, device=None) -> "Llama | Encoder":
-    """Load a HF folder (config.json + weights), a llama2.c .bin export or .pt training checkpoint, or a public
-    name (see `resolve`). dtype None keeps the checkpoint's dtype (llama2.c: fp32)."""
-    path = resolve(path)
-    if os.path.isdir(path):
-        cfg_path = os.path.join(path, "config.json")
-        if not os.path.exists(cfg_path):
-            raise FileNotFoundError(f"{path} is not a model folder: expected config.json and model.safetensors "
-                                    "(or model.safetensors.index.json, or pytorch_model.bin)")
-        d = json.load(open(cfg_path))
-        state = read_hf_weights(path)
-        model_type = d.get("model_type")
-        if model_type == "llama":
-            _check_llama_json(d, cfg_path)
-            model = Llama(LlamaConfig.from_dict(d))
-            load_weights(model, state, LLAMA_RENAMES, source=path)
-        elif model_type in ("roberta", "bert"):
-            cfg = EncoderConfig.from_dict(d)
-            head = state.get("classifier.out_proj.weight", state.get("classifier.weight"))  # fine-tuned head?
-            model = Encoder(cfg, num_labels=head.shape[0] if head is not None else 0)
-            load_weights(model, state, ENCODER_RENAMES, ENCODER_IGNORED + (r"|^pooler\." if cfg.model_type ==
-                                                                           "roberta" else ""), source=path)
-        else:
-            raise ValueError(f"{cfg_path}: model_type {model_type!r} is not supported (llama, roberta, bert)")
-        if dtype is None:
-            dtype = next((t.dtype for t in state.values() if t.is_floating_point()), torch.float32)
-    elif path.endswith(".pt"):
-        model = read_llama2c_pt(path)
-    else:
-        model = read_llama2c_bin(path)
-    return model.to(device=device, dtype=dtype).eval()
+    """A Hugging Face folder (config.json + weights), a llama2.c .bin/.pt checkpoint or a public name (stories260K
+    ships with the project). dtype None keeps the checkpoint's dtype (llama2.c: fp32)."""
+    from support.checkpoints import from_pretrained as load  # support imports this file: import it late
+    return load(path, dtype, device)
 
 
-# -----------------------------------------------------------------------------------------------------------------
-# Look at a model: python model.py CHECKPOINT [--tokenizer FILE] --prompt TEXT --max-new-tokens N [--temperature T]
-
-
-def main(argv=None):
-    import argparse
-    from data import load_tokenizer  # the CLI only: the library itself does not depend on data.py
-
-    p = argparse.ArgumentParser(description="Load a checkpoint and print the continuation of a prompt.")
-    p.add_argument("checkpoint", help="HF folder, llama2.c .bin/.pt, or a public name such as stories260K")
-    p.add_argument("--tokenizer", help="tokenizer file or folder (default: the checkpoint's folder)")
-    p.add_argument("--prompt", default="", help="text to continue; empty = start from BOS")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = p.parse_args(argv)
-    try:
-        model = from_pretrained(args.checkpoint, device=args.device)
-        if not isinstance(model, Llama):
-            raise ValueError(f"{args.checkpoint} is an encoder ({model.config.model_type}); it cannot generate text")
-        tok_path = args.tokenizer or (args.checkpoint if os.path.isdir(resolve(args.checkpoint)) else None)
-        if tok_path is None:
-            raise ValueError("a llama2.c checkpoint needs --tokenizer (e.g. tok512.model for stories260K)")
-        tok = load_tokenizer(resolve(tok_path))
-        ids = torch.tensor([tok.encode(args.prompt, bos=True)], device=args.device)
-        g = torch.Generator(device=args.device).manual_seed(args.seed)
-        out = generate(model, ids, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                       top_p=args.top_p, eos_id=model.config.eos_token_id, generator=g)
-        print(tok.decode(ids[0].tolist() + out[0].tolist()))  # together, so the spacing is the tokenizer's
-    except (ValueError, OSError) as e:  # bad input or no network: one clear line, no traceback
-        sys.exit(f"error: {e}")
-
-
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # python model.py CHECKPOINT [--tokenizer FILE] --prompt TEXT --max-new-tokens N
+    from support.cli import model_main
+    model_main()

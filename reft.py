@@ -1,21 +1,18 @@
 """
-reft.py: the four methods, each a plain nn.Module acting at one of model.py's three seams.
+reft.py: the four methods, each a plain nn.Module that model.py calls at one of its three seams.
 
   LoReFT, DiReFT (ReFT paper, arXiv 2404.03592 §3.2)  -> seam 1: the residual stream after chosen blocks, at chosen
-                                                          prompt positions, edited once at prefill
+                                                          prompt positions ("fA+lB", below), edited once at prefill
   PrefixTuning (Li & Liang, arXiv 2101.00190)          -> seam 2: learned keys/values inside every attention
   PEDRO (Xie et al., arXiv 2409.17834)                 -> seam 3: prompt-dependent scales on q, v and the FFN up
 
-A method is passed to the model's forward (`model(ids, mask, method=m, positions=p)`); the base model is frozen.
-Only the method's weights and its MethodConfig are saved (`save` / `load`).
+A method is passed to the model's forward (`model(ids, mask, method=m, positions=p)`); the base model stays frozen
+and only the method trains. Read top to bottom: the seam interface, the position rule, the methods, building one.
+Saving and loading live in support/saving.py, the pyreft import in support/pyreft_import.py.
 """
-import json
-import os
 import re
-import tempfile
 from collections import namedtuple
-from copy import deepcopy
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -40,16 +37,17 @@ class Method(nn.Module):
 
 
 # -----------------------------------------------------------------------------------------------------------------
-# Positions: "fA+lB" = the first A and the last B prompt tokens (ReFT §4.1).
+# Positions: "fA+lB" = the first A and the last B prompt tokens (ReFT §4.1). This is the whole rule; data.collate
+# calls PositionScheme.of for every example, and the ReFT class below reads the tensor it makes.
 
 
 def parse_positions(spec: str) -> tuple[int, int]:
     """ "f7+l7" -> (7, 7); "f3" -> (3, 0); "l1" -> (0, 1)."""
-    m = re.fullmatch(r"(?:f(\d+))?\+?(?:l(\d+))?", spec.strip())
-    if not spec.strip() or m is None or (m.group(1) is None and m.group(2) is None) or \
-            spec.strip().startswith("+") or spec.strip().endswith("+"):
-        raise ValueError(f"bad positions {spec!r}: expected fA+lB, fA or lB (e.g. f1+l1, f3, l1)")
-    first, last = int(m.group(1) or 0), int(m.group(2) or 0)
+    m = re.fullmatch(r"f(\d+)\+l(\d+)|f(\d+)|l(\d+)", spec.strip())
+    if m is None:
+        hint = " (write f3+l3: the + is required)" if re.fullmatch(r"f\d+l\d+", spec.strip()) else ""
+        raise ValueError(f"bad positions {spec!r}: expected fA+lB, fA or lB (e.g. f1+l1, f3, l1){hint}")
+    first, last = int(m.group(1) or m.group(3) or 0), int(m.group(2) or m.group(4) or 0)
     if first + last == 0:
         raise ValueError(f"bad positions {spec!r}: at least one position is needed")
     return first, last
@@ -61,6 +59,51 @@ def num_groups(first: int, last: int, share_weights: bool) -> int:
     return 2 if first and last and not share_weights else 1
 
 
+def reft_positions(prompt_len: int, first: int, last: int, share_weights: bool, offset: int = 0,
+                   rule: str = "paper") -> torch.Tensor:
+    """The "fA+lB" positions of one prompt of n = prompt_len tokens as a LongTensor [G, slots], -1 = empty slot.
+
+    Short prompts (ReFT §4.1, rule "paper"): A <- min(A, floor(n/2)), B <- min(B, ceil(n/2)), so the two groups
+    never overlap; the freed slots stay empty (-1), the paper's "no truncated interventions". Rule "legacy" (runs
+    saved before this rule was adopted) used min(A, n) when only fA (or only lB) is given.
+    Groups: untied (share_weights False, A and B > 0): G = 2, [first-A group, last-B group], each max(A, B) slots;
+    otherwise G = 1 with A + B slots. `offset` shifts every index (left padding puts the prompt at `offset`).
+
+    Worked examples:
+        n 10, f2+l2 untied           -> [[0, 1], [8, 9]]
+        n 10, f2+l2 tied             -> [[0, 1, 8, 9]]
+        n 5,  f2+l2 untied, offset 3 -> [[3, 4], [6, 7]]      (three pad tokens on the left)
+        n 3,  f2+l2 untied           -> [[0, -1], [1, 2]]     (A = min(2, 1) = 1, B = min(2, 2) = 2)
+        n 4,  f3                     -> [[0, 1, -1]]          (A = min(3, 2); "legacy": [[0, 1, 2]])
+    """
+    ### BEGIN SOLUTION positions
+    half_down, half_up = prompt_len // 2, (prompt_len + 1) // 2
+    if rule == "legacy" and not (first and last):  # the only case where the legacy rule differs
+        half_down = half_up = prompt_len
+    a, b = min(first, half_down), min(last, half_up)
+    head = [offset + i for i in range(a)]  # the first a prompt tokens
+    tail = [offset + prompt_len - b + i for i in range(b)]  # the last b prompt tokens
+    if num_groups(first, last, share_weights) == 1:
+        groups = [head + tail + [-1] * (first + last - a - b)]
+    else:
+        n = max(first, last)
+        groups = [head + [-1] * (n - a), tail + [-1] * (n - b)]
+    return torch.tensor(groups, dtype=torch.long)
+    ### END SOLUTION positions
+
+
+@dataclass(frozen=True)
+class PositionScheme:
+    """A parsed "fA+lB" with its weight sharing and short-prompt rule: what data.collate needs to place edits."""
+    first: int
+    last: int
+    share_weights: bool = False
+    rule: str = "paper"  # "paper" or "legacy" (see reft_positions)
+
+    def of(self, prompt_len: int, offset: int = 0) -> torch.Tensor:  # -> [G, slots]
+        return reft_positions(prompt_len, self.first, self.last, self.share_weights, offset, self.rule)
+
+
 # -----------------------------------------------------------------------------------------------------------------
 # Seam 1: LoReFT and DiReFT
 
@@ -68,57 +111,67 @@ def num_groups(first: int, last: int, share_weights: bool) -> int:
 class LoReFT(nn.Module):
     """LoReFT, ReFT paper eq. (2):  Φ(h) = h + Rᵀ(W h + b − R h),  R ∈ ℝ^{r×d} with orthonormal rows.
 
-    R is parametrized as the Q factor of a QR decomposition of a free matrix A ∈ ℝ^{d×r}: R = qr(A).Qᵀ with the
-    signs fixed so that qr(U) = U for an orthonormal U. R is orthonormal after every optimizer step by construction
-    (no d×d matrix is ever formed, unlike torch's orthogonal parametrization that pyreft uses, which keeps a d×d
-    base), and weight decay on A cannot collapse it. The forward pass equals pyreft's LoreftIntervention for the
-    same R, W, b; training dynamics differ (a different parametrization of the same manifold).
-    Everything runs in the method's dtype (fp32; autocast off), whatever the model's dtype. Dropout acts on the whole output h + Δ, as
-    in the paper's code; the activation (default identity) on W h + b.
+    Rh are h's coordinates in an r-dimensional subspace; LoReFT replaces them by the learned W h + b and leaves h
+    unchanged outside the subspace: R Φ(h) = W h + b and (I − RᵀR)(Φ(h) − h) = 0.
+    R is not stored: it is the Q factor of a QR decomposition of a free matrix A ∈ ℝ^{d×r}, R = qr(A).Qᵀ, with signs
+    fixed so that qr(U) = U for an orthonormal U. So R is orthonormal after every optimizer step, no d×d matrix is
+    formed (pyreft uses torch's orthogonal parametrization, which keeps a d×d base per intervention) and weight decay
+    on A cannot collapse it. The forward equals pyreft's LoreftIntervention for the same R, W, b; training dynamics
+    differ (a different parametrization of the same manifold).
+    Computes in the method's dtype (fp32), autocast off, whatever the model's dtype; returns Φ(h) in h's dtype.
+    Dropout acts on the whole output h + Δ, as in the paper's code; the activation (default identity) on W h + b.
     """
 
     def __init__(self, hidden_size: int, rank: int, dropout: float = 0.0, act_fn: str = "linear"):
         super().__init__()
-        self.rotation = nn.Parameter(nn.init.orthogonal_(torch.empty(hidden_size, rank)))  # A [d, r]
-        self.learned_source = nn.Linear(hidden_size, rank)  # W [r, d], b [r]
+        self.A = nn.Parameter(nn.init.orthogonal_(torch.empty(hidden_size, rank)))  # free [d, r]; R = qr(A).Qᵀ
+        self.W = nn.Linear(hidden_size, rank)  # W [r, d] and b [r]
         self.dropout, self.act = nn.Dropout(dropout), ACTIVATIONS[act_fn]
 
     @property
     def R(self):
         """[r, d], orthonormal rows."""
-        q, r = torch.linalg.qr(self.rotation)  # q [d, r]
-        return (q * torch.sign(torch.diagonal(r)).masked_fill(torch.diagonal(r) == 0, 1.0)).T
+        ### BEGIN SOLUTION loreft
+        q, r = torch.linalg.qr(self.A)  # q [d, r] orthonormal columns, r [r, r] upper triangular
+        sign = torch.sign(torch.diagonal(r)).masked_fill(torch.diagonal(r) == 0, 1.0)  # unique QR: diag(r) > 0
+        return (q * sign).T
+        ### END SOLUTION loreft
 
-    def forward(self, h):  # h [..., d] -> [..., d]
+    def forward(self, h):  # h [..., d] -> Φ(h) [..., d]
         with torch.autocast(h.device.type, enabled=False):
-            hf, R = h.to(self.rotation.dtype), self.R  # the method's dtype: fp32 (fp64 in tests)
-            delta = (self.act(self.learned_source(hf)) - hf @ R.T) @ R  # [..., r] @ [r, d]
+            hf = h.to(self.A.dtype)  # the method's dtype: fp32 (fp64 in tests)
+            ### BEGIN SOLUTION loreft
+            R = self.R  # [r, d]
+            delta = (self.act(self.W(hf)) - hf @ R.T) @ R  # (W h + b − R h) [..., r] @ R [r, d]
             return self.dropout(hf + delta).to(h.dtype)
+            ### END SOLUTION loreft
 
 
 class DiReFT(nn.Module):
-    """DiReFT, ReFT paper eq. (3):  Φ(h) = h + W₂ᵀ(W₁ h + b),  W₁, W₂ ∈ ℝ^{r×d}, no orthogonality
-    (pyreft's NodireftIntervention; pyreft's `DireftIntervention` is a different, orthogonal variant).
-    fp32 compute and dropout on the whole output, as for LoReFT."""
+    """DiReFT, ReFT paper eq. (3):  Φ(h) = h + W₂ᵀ(W₁ h + b),  W₁, W₂ ∈ ℝ^{r×d}, no orthogonality, no −Rh
+    ("LoRA on the hidden states"; pyreft's NodireftIntervention; pyreft's `DireftIntervention` is another, orthogonal
+    variant). fp32 compute and dropout on the whole output, as LoReFT."""
 
     def __init__(self, hidden_size: int, rank: int, dropout: float = 0.0, act_fn: str = "linear"):
         super().__init__()
-        self.learned_source = nn.Linear(hidden_size, rank)  # W₁ [r, d], b [r]
-        self.proj = nn.Parameter(torch.empty(rank, hidden_size))  # W₂ [r, d]
-        nn.init.kaiming_uniform_(self.proj, a=5 ** 0.5)  # nn.Linear's default init, as pyreft's proj_layer
+        self.W2 = nn.Parameter(torch.empty(rank, hidden_size))  # W₂ [r, d]
+        nn.init.kaiming_uniform_(self.W2, a=5 ** 0.5)  # nn.Linear's default init, as pyreft's proj_layer
+        self.W1 = nn.Linear(hidden_size, rank)  # W₁ [r, d] and b [r]
         self.dropout, self.act = nn.Dropout(dropout), ACTIVATIONS[act_fn]
 
-    def forward(self, h):
+    def forward(self, h):  # h [..., d] -> Φ(h) [..., d]
         with torch.autocast(h.device.type, enabled=False):
-            hf = h.to(self.proj.dtype)
-            return self.dropout(hf + self.act(self.learned_source(hf)) @ self.proj).to(h.dtype)
+            hf = h.to(self.W2.dtype)
+            ### BEGIN SOLUTION direft
+            return self.dropout(hf + self.act(self.W1(hf)) @ self.W2).to(h.dtype)  # [..., r] @ [r, d]
+            ### END SOLUTION direft
 
 
 class ReFT(Method):
     """LoReFT or DiReFT interventions after the chosen blocks, one per (layer, position group).
 
-    positions: LongTensor [B, G, n] of token indices into the sequence of this forward call, G = num_groups
-    (group 0 = first-A tokens, group 1 = last-B tokens when untied), -1 = empty slot. Built by data.reft_positions.
+    positions: LongTensor [B, G, slots] of token indices into this forward call's sequence, made by
+    PositionScheme.of (group 0 = first-A tokens, group 1 = last-B tokens when untied), -1 = empty slot.
     """
 
     def __init__(self, kind: str, hidden_size: int, layers: list[int], rank: int, groups: int,
@@ -130,21 +183,21 @@ class ReFT(Method):
                                             for l in layers for g in range(groups)})
 
     def edit_residual(self, layer: int, h, positions):
+        """h [B, T, d] with Φ written at each group's positions (once per token: a token listed twice in a group,
+        or an empty slot, is skipped)."""
         if f"{layer}_0" not in self.interventions:
             return h
         if positions.dim() != 3 or positions.shape[1] != self.groups:
-            raise ValueError(f"positions must be [batch, {self.groups}, n] for this method, got "
+            raise ValueError(f"positions must be [batch, {self.groups}, slots] for this method, got "
                              f"{tuple(positions.shape)}")
-        batch = torch.arange(h.shape[0], device=h.device)[:, None].expand(-1, positions.shape[2])  # [B, n]
-        # a token listed twice in a group is edited once (as pyreft's write-back): later copies count as empty
-        repeat = (positions[..., :, None] == positions[..., None, :]).tril(-1).any(-1)  # [B, G, n]
-        valid = ((positions >= 0) & ~repeat)[..., None]  # [B, G, n, 1]
-        positions = positions.clamp(min=0)  # empty slots point at token 0, with a zero delta below
-        for g in range(self.groups):
-            idx = positions[:, g]  # [B, n]
-            rows = h[batch, idx]  # [B, n, d] (indexing, not gather: gather keeps all of h for its backward)
-            delta = (self.interventions[f"{layer}_{g}"](rows) - rows) * valid[:, g]  # empty slots change nothing
-            h = h.index_put((batch, idx), delta, accumulate=True)  # accumulate: a zero delta at token 0 is harmless
+        B, G, n = positions.shape
+        batch = torch.arange(B, device=h.device)[:, None].expand(B, n)  # [B, n]: row index of every slot
+        earlier = (positions[..., :, None] == positions[..., None, :]).tril(-1).any(-1)  # [B, G, n] listed before
+        keep = (positions >= 0) & ~earlier  # [B, G, n]: the slots to write
+        for g in range(G):
+            b, t = batch[keep[:, g]], positions[:, g][keep[:, g]]  # [k] row and token of each kept slot
+            rows = h[b, t]  # [k, d] (indexing, not gather: gather would keep all of h for its backward)
+            h = h.index_put((b, t), self.interventions[f"{layer}_{g}"](rows))  # Φ(h) written once, in h's dtype
         return h
 
 
@@ -167,7 +220,7 @@ class PrefixTuning(Method):
     projection=True: the paper's reparametrization (§4.3; reference code gpt2/train_control.py), P_θ = MLP(P′):
         P′ [P, H_kv·d_h] ~ N(0, 1) -> Linear(H_kv·d_h, hidden) -> tanh -> Linear(hidden, L·2·H_kv·d_h)
     with PyTorch's default inits; output feature f = ((2ℓ + kv)·H_kv + head)·d_h + j (PEFT's layout). `fold()`
-    replaces the MLP by its output, as the paper keeps only P_θ after training; `save` stores the folded prefix.
+    replaces the MLP by its output, as the paper keeps only P_θ after training; saving stores the folded prefix.
     """
 
     def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, num_virtual_tokens: int,
@@ -193,8 +246,10 @@ class PrefixTuning(Method):
         return out.view(-1, *self.kv_shape).permute(1, 2, 0, 3)  # [P, 2, H_kv, d_h] -> [2, H_kv, P, d_h]
 
     def prefix_kv(self, layer: int, batch_size: int):
+        ### BEGIN SOLUTION prefix
         kv = self.layer_kv(layer)  # [2, H_kv, P, d_h]
         return kv[0].expand(batch_size, -1, -1, -1), kv[1].expand(batch_size, -1, -1, -1)  # [B, H_kv, P, d_h], views
+        ### END SOLUTION prefix
 
     @torch.no_grad()
     def fold(self) -> "PrefixTuning":
@@ -208,7 +263,7 @@ class PrefixTuning(Method):
 # -----------------------------------------------------------------------------------------------------------------
 # Seam 3: PEDRO
 
-Scales = namedtuple("Scales", "q v u")  # seam 3's vectors, each [B, 1, width]: q_proj, v_proj, FFN up outputs
+Scales = namedtuple("Scales", "q v u")  # seam 3's vectors, each [B, 1, width] fp32: q_proj, v_proj, FFN up outputs
 
 
 class RationalActivation(nn.Module):
@@ -261,7 +316,8 @@ class PEDRO(Method):
       nn.Linear's defaults; σ a leaky-ReLU fit (RationalActivation).
     - NOT implemented: the bi-level optimisation. The rational coefficients train jointly with everything else,
       on the same data and by the same optimizer.
-    The generator runs in its own dtype (fp32), autocast off; the vectors are cast to the model's dtype.
+    The generator runs in fp32, autocast off, and the scales stay fp32: model.py multiplies in fp32 and casts the
+    product, as PEFT's (IA)³ does (in bf16, 1.003 would round to exactly 1.0 and small scales could not be learned).
     """
 
     def __init__(self, layers: list[int], hidden_size: int, q_width: int, v_width: int, u_width: int, rank: int,
@@ -271,14 +327,17 @@ class PEDRO(Method):
             raise ValueError(f"unknown pooling {pooling!r}: expected last, first or mean")
         self.layers, self.pooling, self.widths = list(layers), pooling, (q_width, v_width, u_width)
         self.generators = nn.ModuleDict()
-        for l in self.layers:
+        ### BEGIN SOLUTION pedro
+        for l in self.layers:  # one generator per layer: down [rank, d] -> rational σ -> up [q + v + u, rank]
             up = nn.Linear(rank, q_width + v_width + u_width)
-            nn.init.zeros_(up.weight)  # l = 1 + z ≡ 1: the base model at init
+            nn.init.zeros_(up.weight)  # z ≡ 0, l = 1 + z ≡ 1: the base model at init
             nn.init.zeros_(up.bias)
             self.generators[str(l)] = nn.Sequential(nn.Linear(hidden_size, rank), RationalActivation(), up)
+        ### END SOLUTION pedro
 
     def pool(self, x, prompt_mask):
         """x [B, T, d], prompt_mask [B, T] (1 = prompt token) or None -> [B, d]."""
+        ### BEGIN SOLUTION pedro
         B, T, _ = x.shape
         m = torch.ones(B, T, device=x.device) if prompt_mask is None else (prompt_mask > 0).to(x.dtype)
         if self.pooling == "mean":
@@ -286,6 +345,7 @@ class PEDRO(Method):
         rank = torch.arange(1, T + 1, device=x.device)  # argmax of m·rank = the last prompt token of each row
         idx = (m * (rank if self.pooling == "last" else rank.flip(0))).argmax(1)  # [B]
         return x[torch.arange(B, device=x.device), idx]
+        ### END SOLUTION pedro
 
     def scales(self, layer: int, x, prompt_mask, cache):
         if str(layer) not in self.generators:
@@ -294,15 +354,17 @@ class PEDRO(Method):
             return cache.scales[layer]
         generator = self.generators[str(layer)]
         with torch.autocast(x.device.type, enabled=False):
+            ### BEGIN SOLUTION pedro
             z = generator(self.pool(x.to(generator[0].weight.dtype), prompt_mask))  # [B, q + v + u]
-        s = Scales(*((1 + t)[:, None].to(x.dtype) for t in z.split(self.widths, -1)))  # each [B, 1, width]
+            s = Scales(*((1 + t)[:, None] for t in z.split(self.widths, -1)))  # each [B, 1, width], fp32
+            ### END SOLUTION pedro
         if cache is not None:
             cache.scales[layer] = s
         return s
 
 
 # -----------------------------------------------------------------------------------------------------------------
-# Building, counting, saving and loading a method
+# Building a method from its config
 
 
 @dataclass
@@ -311,6 +373,7 @@ class MethodConfig:
     layers: list[int] = field(default_factory=list)  # block indices the method acts on (resolved, 0-based)
     positions: str = "f1+l1"  # ReFT: first A and last B prompt tokens
     share_weights: bool = False  # ReFT: one intervention for both position groups (the paper's "tied")
+    position_rule: str = "paper"  # ReFT: short-prompt rule, "paper" or "legacy" (runs saved before it; reft_positions)
     rank: int = 4  # ReFT: rank r of the subspace; PEDRO: bottleneck width of the vector generator
     dropout: float = 0.0  # ReFT: dropout on the intervention output
     act_fn: str = "linear"  # ReFT: activation on W h + b
@@ -318,6 +381,12 @@ class MethodConfig:
     prefix_projection: bool = False  # prefix-tuning: train through the paper's Embedding -> MLP(tanh) reparametrization
     prefix_hidden_size: int = 512  # prefix-tuning: the MLP's width
     pooling: str = "last"  # PEDRO: prompt pooling, last | first | mean ("last" on an encoder = its first token)
+
+    def position_scheme(self) -> PositionScheme | None:
+        """Where a ReFT method edits (for data.collate); None for the methods without positions."""
+        if self.method not in ("loreft", "direft"):
+            return None
+        return PositionScheme(*parse_positions(self.positions), self.share_weights, self.position_rule)
 
 
 def parse_layers(spec, num_layers: int) -> list[int]:
@@ -338,14 +407,16 @@ def parse_layers(spec, num_layers: int) -> list[int]:
 def build_method(cfg: MethodConfig, model) -> Method:
     """A freshly initialised method for `model` (a model.Llama or model.Encoder), on the model's device."""
     mc = model.config
+    if cfg.method in ("loreft", "direft", "pedro") and cfg.rank <= 0:
+        raise ValueError(f"rank must be positive, got {cfg.rank}")
     if cfg.method in ("loreft", "direft"):
-        if cfg.rank <= 0:
-            raise ValueError(f"rank must be positive, got {cfg.rank}")
         if cfg.act_fn not in ACTIVATIONS:
             raise ValueError(f"unknown act_fn {cfg.act_fn!r}: expected one of {', '.join(ACTIVATIONS)}")
-        first, last = parse_positions(cfg.positions)
-        m = ReFT(cfg.method, mc.hidden_size, cfg.layers, cfg.rank, num_groups(first, last, cfg.share_weights),
-                 cfg.dropout, cfg.act_fn)
+        if cfg.position_rule not in ("paper", "legacy"):
+            raise ValueError(f"unknown position_rule {cfg.position_rule!r}: expected paper or legacy")
+        scheme = cfg.position_scheme()
+        m = ReFT(cfg.method, mc.hidden_size, cfg.layers, cfg.rank,
+                 num_groups(scheme.first, scheme.last, scheme.share_weights), cfg.dropout, cfg.act_fn)
     elif cfg.method in ("prefix", "pedro"):
         n_kv = getattr(mc, "num_key_value_heads", mc.num_attention_heads)  # EncoderConfig: no GQA, no head_dim
         head_dim = getattr(mc, "head_dim", mc.hidden_size // mc.num_attention_heads)
@@ -355,8 +426,6 @@ def build_method(cfg: MethodConfig, model) -> Method:
             m = PrefixTuning(mc.num_hidden_layers, n_kv, head_dim, cfg.num_virtual_tokens, cfg.prefix_projection,
                              cfg.prefix_hidden_size)
         else:
-            if cfg.rank <= 0:
-                raise ValueError(f"rank must be positive, got {cfg.rank}")
             encoder = mc.model_type in ("roberta", "bert")  # summarises in its first token, <s> / [CLS]
             pooling = "first" if encoder and cfg.pooling == "last" else cfg.pooling
             m = PEDRO(parse_layers(cfg.layers, mc.num_hidden_layers), mc.hidden_size, mc.num_attention_heads * head_dim,
@@ -367,203 +436,8 @@ def build_method(cfg: MethodConfig, model) -> Method:
 
 
 def count_parameters(method: nn.Module, model: nn.Module) -> str:
-    """'trainable params: 1,234 || all params: 260,864 || trainable%: 0.4730' (the % is over the base, as the
+    """'trainable params: 1,234 || base params: 260,032 || trainable%: 0.4745' (the % is over the base, as the
     ReFT paper reports it)."""
     n = sum(p.numel() for p in method.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return f"trainable params: {n:,} || base params: {total:,} || trainable%: {100 * n / total:.4f}"
-
-
-def base_fingerprint(model) -> dict:
-    """What identifies the base model a method was trained on: its shape and a checksum of the embeddings."""
-    mc = model.config
-    emb = (model.embed_tokens if hasattr(model, "embed_tokens") else model.word_embeddings).weight
-    return {"model_type": mc.model_type, "hidden_size": mc.hidden_size, "num_hidden_layers": mc.num_hidden_layers,
-            "vocab_size": mc.vocab_size, "embedding_checksum": float(emb.detach().double().abs().sum())}
-
-
-def atomic_torch_save(obj, path: str):
-    """Write to a temporary file in the same folder, then rename: a crash never leaves a half-written file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def save(folder: str, method: Method, cfg: MethodConfig, model, extra: dict | None = None):
-    """folder/reft.pt: {config, base fingerprint, the method's weights (+ extra, e.g. a classifier head)}; also a
-    readable folder/reft_config.json."""
-    if isinstance(method, PrefixTuning) and method.mlp is not None:  # keep only P_θ (Li & Liang §4.3), as PEFT
-        method, cfg = deepcopy(method).fold(), replace(cfg, prefix_projection=False)
-    state = {k: v.detach().cpu() for k, v in method.state_dict().items()}
-    blob = {"config": asdict(cfg), "base": base_fingerprint(model), "state_dict": state, **(extra or {})}
-    atomic_torch_save(blob, os.path.join(folder, "reft.pt"))
-    with open(os.path.join(folder, "reft_config.json.tmp"), "w") as f:
-        json.dump({"config": asdict(cfg), "base": blob["base"]}, f, indent=2)
-    os.replace(os.path.join(folder, "reft_config.json.tmp"), os.path.join(folder, "reft_config.json"))
-
-
-def load(folder: str, model) -> tuple[Method, MethodConfig, dict]:
-    """Rebuild a saved method on `model` (ours: reft.pt); returns (method, config, the whole saved blob)."""
-    path = os.path.join(folder, "reft.pt")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{folder}: no reft.pt (a folder written by train.py --out); for a pyreft folder "
-                                "(config.json + intkey_*.bin) pass --positions as well")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    base, mine = blob["base"], base_fingerprint(model)
-    for k in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size"):
-        if base[k] != mine[k]:
-            raise ValueError(f"{folder} was trained on a different base model: {k} {base[k]} there, {mine[k]} here")
-    if abs(base["embedding_checksum"] - mine["embedding_checksum"]) > 1e-3 * abs(base["embedding_checksum"]):
-        raise ValueError(f"{folder} was trained on a different base model (embedding weights differ)")
-    cfg = MethodConfig(**blob["config"])
-    method = build_method(cfg, model)
-    method.load_state_dict(blob["state_dict"])
-    return method, cfg, blob
-
-
-# -----------------------------------------------------------------------------------------------------------------
-# Importing a folder saved by pyreft (ReftModel.save: config.json + intkey_<key>.bin), LLaMA "block_output" only.
-
-PYREFT_KINDS = {"LoreftIntervention": "loreft", "NodireftIntervention": "direft"}  # pyreft class -> our method
-_PYVENE_FIELDS = ("layer", "component", "unit", "max_number_of_units", "low_rank_dimension", "intervention_type",
-                  "intervention", "subspace_partition", "group_key", "intervention_link_key", "moe_key",
-                  "source_representation", "hidden_source_representation", "latent_dim")  # pyvene RepresentationConfig
-
-
-def _pyreft_representations(cfg: dict, folder: str) -> list[dict]:
-    """The representations of a pyvene IntervenableConfig as dicts (saved as lists in field order, or as dicts)."""
-    reps = cfg.get("representations")
-    if not isinstance(reps, list) or not reps:
-        raise ValueError(f"{folder}/config.json has no 'representations' list: not a pyreft intervention folder")
-    out = []
-    for r in reps:
-        if isinstance(r, dict):
-            out.append({f: r.get(f) for f in _PYVENE_FIELDS})
-        elif isinstance(r, list):
-            out.append(dict(zip(_PYVENE_FIELDS, r + [None] * (len(_PYVENE_FIELDS) - len(r)))))
-        else:
-            raise ValueError(f"{folder}/config.json: representation {r!r} is neither a list nor a dict")
-    return out
-
-
-def load_pyreft(folder: str, model, positions: str) -> tuple[Method, MethodConfig]:
-    """Load interventions saved by pyreft's `ReftModel.save(folder)` onto our `model` (a model.Llama).
-
-    Supported: `LoreftIntervention` (-> LoReFT) and `NodireftIntervention` (paper DiReFT, -> DiReFT), component
-    "block_output" (the residual stream after block `layer`, our seam 1), unit "pos". pyreft does not save the
-    positions, so `positions` ("f1+l1", "f3", ...) must be given; it decides the layout:
-      fA+lB untied: every layer appears twice; the first half of the representations is the first-A group (key
-        #0 on its layer), the second half the last-B group (#1), as pyreft's training scripts lay them out;
-      fA+lB tied (share_weights), fA, lB: every layer appears once, one group.
-    State dicts: LoReFT {weight W [r,d], bias b [r], rotate_layer U [d,r]} -> learned_source = (W, b), rotation
-    A = U (our R = qr(A).Qᵀ with signs fixed, which is Uᵀ for an orthonormal U); Nodireft {learned_source.weight,
-    learned_source.bias, proj_layer.weight W₂} -> learned_source, proj = W₂ (proj_layer.bias is unused by pyreft's
-    forward and dropped). pyreft does not save dropout or act_fn: they come back as 0.0 and "linear" (as
-    pyreft's own loader does). Returns (method, config); save it in our format with `save`.
-    """
-    cfg_path = os.path.join(folder, "config.json")
-    if not os.path.exists(cfg_path):
-        hint = " (it has reft.pt: load it with reft.load)" if os.path.exists(os.path.join(folder, "reft.pt")) else ""
-        raise FileNotFoundError(f"{folder}: neither reft.pt (saved by this project) nor a pyreft config.json "
-                                f"(+ intkey_*.bin, saved by ReftModel.save){hint}")
-    with open(cfg_path) as f:
-        cfg = json.load(f)
-    reps = _pyreft_representations(cfg, folder)
-    mc = model.config
-    if getattr(mc, "model_type", None) != "llama":
-        raise ValueError(f"pyreft import supports LLaMA models only (component 'block_output'), "
-                         f"not {getattr(mc, 'model_type', type(model).__name__)!r}")
-    types = cfg.get("intervention_types")
-    types = [types] * len(reps) if isinstance(types, str) else list(types or [])
-    if len(types) != len(reps):
-        raise ValueError(f"{cfg_path}: {len(types)} intervention_types for {len(reps)} representations")
-    names = {re.sub(r"^<class '(.*)'>$", r"\1", str(t)).rsplit(".", 1)[-1] for t in types}
-    bad = sorted(n for n in names if n not in PYREFT_KINDS)
-    if bad:
-        raise ValueError(f"{folder}: pyreft intervention type {bad[0]} is not supported (supported: "
-                         f"{', '.join(PYREFT_KINDS)}; pyreft's DireftIntervention is not paper DiReFT)")
-    if len(names) != 1:
-        raise ValueError(f"{folder} mixes intervention types {sorted(names)}: one type per method is supported")
-    kind = PYREFT_KINDS[names.pop()]
-    for r in reps:
-        if r["component"] != "block_output" or r["unit"] != "pos":
-            raise ValueError(f"{folder}: pyreft component {r['component']!r} (unit {r['unit']!r}) is not supported "
-                             "(supported: component 'block_output', unit 'pos', on a LLaMA model)")
-        if not isinstance(r["layer"], int) or not 0 <= r["layer"] < mc.num_hidden_layers:
-            raise ValueError(f"{folder}: intervention on layer {r['layer']!r}, but the model has "
-                             f"{mc.num_hidden_layers} layers (a different base model?)")
-    dims = {d for d in (cfg.get("intervention_dimensions") or []) if d is not None}
-    if dims and dims != {mc.hidden_size}:
-        raise ValueError(f"{folder}: interventions of hidden size {sorted(dims)[0]}, the model has "
-                         f"{mc.hidden_size} (a different base model?)")
-
-    # positions -> groups; each representation i goes to (layer, group)
-    first, last = parse_positions(positions)
-    layers = [r["layer"] for r in reps]
-    once = len(set(layers)) == len(layers)
-    half = len(reps) // 2
-    twice = len(reps) % 2 == 0 and len(set(layers[:half])) == half and set(layers[:half]) == set(layers[half:])
-    if first and last and twice and not once:
-        share, slots = False, [(l, 0) for l in layers[:half]] + [(l, 1) for l in layers[half:]]
-    elif once:
-        share, slots = bool(first and last), [(l, 0) for l in layers]
-    else:
-        want = "one intervention per layer" if not (first and last) else \
-            "one (tied) or two (untied, first half of the list = first-A group) interventions per layer"
-        raise ValueError(f"positions {positions!r} needs {want}, but {folder} has interventions on layers "
-                         f"{layers}; pass the positions it was trained with (e.g. f1+l1 for untied pairs)")
-
-    # state dicts, in our layout
-    counter, states = {}, []
-    for r in reps:
-        proposal = f"layer_{r['layer']}_comp_{r['component']}_unit_{r['unit']}_nunit_{r['max_number_of_units']}"
-        counter[proposal] = counter.get(proposal, -1) + 1
-        path = os.path.join(folder, f"intkey_{proposal}#{counter[proposal]}.bin")
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{path} not found (pyreft saves one intkey_<key>.bin per intervention; "
-                                    f"present: {sorted(n for n in os.listdir(folder) if n.endswith('.bin'))})")
-        states.append(torch.load(path, map_location="cpu", weights_only=True))
-    need = {"loreft": ("weight", "bias", "rotate_layer"),
-            "direft": ("learned_source.weight", "learned_source.bias", "proj_layer.weight")}[kind]
-    ranks = set()
-    for r, sd in zip(reps, states):
-        missing = [k for k in need if k not in sd]
-        if missing:
-            raise ValueError(f"{folder}: the {kind} intervention on layer {r['layer']} lacks {missing} (has "
-                             f"{sorted(sd)}); expected pyreft's {'/'.join(need)}")
-        w = sd[need[0]]
-        ranks.add(w.shape[0])
-        if w.dim() != 2 or w.shape[1] != mc.hidden_size:
-            raise ValueError(f"{folder}: interventions of hidden size {w.shape[-1]}, the model has "
-                             f"{mc.hidden_size} (a different base model?)")
-        if r["low_rank_dimension"] is not None and r["low_rank_dimension"] != w.shape[0]:
-            raise ValueError(f"{folder}: config says rank {r['low_rank_dimension']}, the weights have {w.shape[0]}")
-    if len(ranks) != 1:
-        raise ValueError(f"{folder} mixes ranks {sorted(ranks)}: one rank per method is supported")
-
-    mcfg = MethodConfig(method=kind, layers=sorted(set(layers)), positions=positions, share_weights=share,
-                        rank=ranks.pop())
-    method = build_method(mcfg, model)
-    with torch.no_grad():
-        for (layer, g), r, sd in zip(slots, reps, states):
-            iv = method.interventions[f"{layer}_{g}"]
-            if kind == "loreft":
-                U = sd["rotate_layer"].float()
-                err = float((U.T @ U - torch.eye(U.shape[1])).abs().max())
-                if err > (1e-4 if sd["rotate_layer"].dtype in (torch.float32, torch.float64) else 2e-2):
-                    raise ValueError(f"{folder}: rotate_layer of layer {r['layer']} is not orthonormal "
-                                     f"(max |UᵀU − I| = {err:.1e})")
-                iv.rotation.copy_(U)
-                iv.learned_source.weight.copy_(sd["weight"])
-                iv.learned_source.bias.copy_(sd["bias"])
-            else:
-                iv.learned_source.weight.copy_(sd["learned_source.weight"])
-                iv.learned_source.bias.copy_(sd["learned_source.bias"])
-                iv.proj.copy_(sd["proj_layer.weight"])
-    return method, mcfg

@@ -35,7 +35,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import model as M  # noqa: E402
 import reft  # noqa: E402
 import train  # noqa: E402
-from data import collate, reft_positions  # noqa: E402
+from data import collate  # noqa: E402
+from reft import PositionScheme  # noqa: E402
 
 PRESETS = {  # tiny: the 1b shape scaled down (d_ff = 4d, 4 query heads per kv head, d_h 64, lm_head ~20% of FLOPs)
     "tiny": dict(cfg=dict(vocab_size=16384, hidden_size=512, intermediate_size=2048, num_hidden_layers=8,
@@ -205,9 +206,9 @@ def main(argv=None):
     g = torch.Generator().manual_seed(1)
     ids, pl = torch.randint(3, cfg.vocab_size, (B, T), generator=g), T // 2  # prompt: the first half, loss: the rest
     exs = [{"input_ids": r.tolist(), "labels": [-100] * pl + r[pl:].tolist(), "prompt_len": pl} for r in ids]
-    batch = {k: v.to(dev) for k, v in collate(exs, 0, first, last).items()}  # train.py's batch: untied positions
+    batch = {k: v.to(dev) for k, v in collate(exs, 0, PositionScheme(first, last)).items()}  # train.py's batch: untied positions
     gen_ids = torch.randint(3, cfg.vocab_size, (GB, args.prompt_len), generator=g).to(dev)
-    gen_mask, gen_pos = torch.ones_like(gen_ids), reft_positions(args.prompt_len, first, last, False).expand(GB, -1, -1)
+    gen_mask, gen_pos = torch.ones_like(gen_ids), PositionScheme(first, last).of(args.prompt_len).expand(GB, -1, -1)
     gen_pos = gen_pos.to(dev)
     our_gen = lambda method=None, pos=None: generation(dev, N, lambda: M.generate(
         model, gen_ids, gen_mask, N, eos_id=None, method=method, positions=pos))

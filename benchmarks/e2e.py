@@ -48,7 +48,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import model as M  # noqa: E402
 import train  # noqa: E402
-from data import load_tokenizer, read_records, response_of, tokenize_examples  # noqa: E402
+from data import response_of, tokenize_examples  # noqa: E402
+from support.records import read_records  # noqa: E402
+from support.tokenizer import load_tokenizer  # noqa: E402
 
 FIRST, LAST = 3, 3  # f3+l3
 

@@ -38,12 +38,11 @@ def assets() -> Path:
 
 
 @pytest.fixture(scope="session")
-def stories260k(assets) -> Path:
-    """The folder holding llama2.c's stories260K.bin and its tokenizer tok512.model."""
-    folder = assets / "stories260K"
+def stories260k() -> Path:
+    """The folder holding llama2.c's stories260K.bin and its tokenizer tok512.model: shipped in assets/."""
+    folder = REPO / "assets" / "stories260K"
     for name in ("stories260K.bin", "tok512.model"):
-        if not (folder / name).exists():
-            pytest.skip(f"{folder / name} not found (llama2.c's stories260K checkpoint, see {assets}/README.md)")
+        assert (folder / name).exists(), f"{folder / name} is missing from the repository"
     return folder
 
 

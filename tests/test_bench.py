@@ -11,6 +11,7 @@ import reft
 import train
 from conftest import REPO
 from data import collate
+from reft import PositionScheme
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import bench  # noqa: E402
@@ -58,7 +59,7 @@ def test_methods_keep_no_more_activations_than_the_frozen_model():
     B, T = 2, 256
     ids = torch.randint(3, 128, (B, T))
     batch = collate([{"input_ids": r.tolist(), "labels": [-100] * 64 + r[64:].tolist(), "prompt_len": 64}
-                     for r in ids], 0, 7, 7)
+                     for r in ids], 0, PositionScheme(7, 7))
     act = B * T * cfg.hidden_size * 4  # bytes of one fp32 residual [B, T, d]
     for name, inside in (("loreft", False), ("direft", False), ("prefix", True), ("pedro", True)):
         leaf = bench.leaf_hook(model.layers, 0, inside)  # the floor: gradient from block 0's output / input on

@@ -14,6 +14,9 @@ import data
 import model as M
 import reft
 import train
+from support import classify
+from support import saving
+from support import cli
 from conftest import REPO, run_train_cli
 
 SENT_TRAIN, SENT_DEV = REPO / "examples" / "sentiment_train.jsonl", REPO / "examples" / "sentiment_dev.jsonl"
@@ -60,10 +63,10 @@ def _zero_effect(name, model):
     with torch.no_grad():
         for iv in getattr(method, "interventions", {}).values():
             if name == "loreft":
-                iv.learned_source.weight.copy_(iv.R)
-                iv.learned_source.bias.zero_()
+                iv.W.weight.copy_(iv.R)
+                iv.W.bias.zero_()
             else:
-                iv.proj.zero_()
+                iv.W2.zero_()
     assert sum(p.numel() for p in method.parameters() if p.requires_grad) > 0
     return cfg, method
 
@@ -74,15 +77,15 @@ def test_logits_with_a_zero_effect_method_equal_transformers(arch, name, tmp_pat
     ref, enc = _hf_classifier(arch, tmp_path)
     cfg, method = _zero_effect(name, enc)
     pad = 1 if arch == "roberta" else 0
-    batch = data.collate_classification(_examples(arch), pad, **train.position_args(cfg))
+    batch = classify.collate_classification(_examples(arch), pad, cfg.position_scheme())
     with torch.no_grad():
-        got = train.classifier_logits(enc, method, batch)
+        got = classify.classifier_logits(enc, method, batch)
         want = ref(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                    token_type_ids=batch["token_type_ids"]).logits
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
         for p in method.parameters():  # the method is really on the path: a change to it moves the logits
             p.add_(0.1)
-        assert (train.classifier_logits(enc, method, batch) - want).abs().max() > 1e-3
+        assert (classify.classifier_logits(enc, method, batch) - want).abs().max() > 1e-3
 
 
 def test_a_new_head_trains_as_cross_entropy_and_mse(tmp_path):
@@ -90,22 +93,25 @@ def test_a_new_head_trains_as_cross_entropy_and_mse(tmp_path):
     head = enc.add_classifier(1)
     assert head.out_proj.out_features == 1 and all(p.requires_grad for p in head.parameters())
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
-    ce = train.classification_loss(logits, torch.tensor([0, 0]))
+    ce = classify.classification_loss(logits, torch.tensor([0, 0]))
     assert math.isclose(float(ce), (math.log(1 + math.exp(-2)) + math.log(1 + math.exp(1))) / 2, rel_tol=1e-6)
-    mse = train.classification_loss(torch.tensor([[1.0], [3.0]]), torch.tensor([0.0, 1.0]))
+    mse = classify.classification_loss(torch.tensor([[1.0], [3.0]]), torch.tensor([0.0, 1.0]))
     assert math.isclose(float(mse), (1 + 4) / 2)
 
 
 def test_positions_are_the_first_tokens_of_the_whole_input():
     exs = [{"input_ids": [5, 6, 7, 8, 9], "token_type_ids": [0, 0, 0, 1, 1], "prompt_len": 5, "label": 1},
            {"input_ids": [5, 6], "token_type_ids": [0, 0], "prompt_len": 2, "label": 0}]
-    b = data.collate_classification(exs, 0, first=3)
-    assert b["positions"].tolist() == [[[0, 1, 2]], [[0, 1, -1]]]  # right padding: no offset; short input: -1
+    b = classify.collate_classification(exs, 0, reft.PositionScheme(3, 0))
+    # right padding: no offset; the paper's short-input rule: at most floor(n/2) first tokens, the rest empty (-1)
+    assert b["positions"].tolist() == [[[0, 1, -1]], [[0, -1, -1]]]
+    legacy = classify.collate_classification(exs, 0, reft.PositionScheme(3, 0, rule="legacy"))
+    assert legacy["positions"].tolist() == [[[0, 1, 2]], [[0, 1, -1]]]  # runs saved before: min(A, n)
     assert torch.equal(b["prompt_mask"], b["attention_mask"])  # PEDRO pools over the whole input
     assert b["token_type_ids"].tolist() == [[0, 0, 0, 1, 1], [0, 0, 0, 0, 0]]
     assert b["labels"].dtype == torch.long and b["labels"].tolist() == [1, 0]
     exs[0]["label"], exs[1]["label"] = 4.5, 0.25
-    assert data.collate_classification(exs, 0)["labels"].dtype == torch.float32
+    assert classify.collate_classification(exs, 0)["labels"].dtype == torch.float32
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -114,17 +120,17 @@ def test_positions_are_the_first_tokens_of_the_whole_input():
 
 def test_metrics_match_textbook_definitions():
     # tp 2, tn 1, fp 1, fn 0: F1 = 2tp/(2tp + fp + fn) = 4/5; MCC = (tp·tn − fp·fn)/sqrt(3·2·2·1) = 2/sqrt(12)
-    m = train.classification_metrics([1, 0, 1, 1], [1, 0, 0, 1], 2)
+    m = classify.classification_metrics([1, 0, 1, 1], [1, 0, 0, 1], 2)
     assert m["accuracy"] == 0.75 and math.isclose(m["f1"], 0.8) and math.isclose(m["mcc"], 2 / math.sqrt(12))
-    assert train.classification_metrics([1, 0, 1, 0], [0, 1, 0, 1], 2)["mcc"] == -1.0
-    assert train.classification_metrics([0, 0, 0], [0, 1, 0], 2) == {"accuracy": 2 / 3, "f1": 0.0, "mcc": 0.0}
-    assert train.classification_metrics([0, 2, 1, 2], [0, 2, 2, 2], 3) == {"accuracy": 0.75}  # no F1/MCC for 3
+    assert classify.classification_metrics([1, 0, 1, 0], [0, 1, 0, 1], 2)["mcc"] == -1.0
+    assert classify.classification_metrics([0, 0, 0], [0, 1, 0], 2) == {"accuracy": 2 / 3, "f1": 0.0, "mcc": 0.0}
+    assert classify.classification_metrics([0, 2, 1, 2], [0, 2, 2, 2], 3) == {"accuracy": 0.75}  # no F1/MCC for 3
     # Pearson: deviations (-1.5, -.5, .5, 1.5) and (-1.5, .5, -.5, 1.5): 4 / sqrt(5 · 5) = 0.8
-    r = train.classification_metrics([1, 2, 3, 4], [1, 3, 2, 4], 1)
+    r = classify.classification_metrics([1, 2, 3, 4], [1, 3, 2, 4], 1)
     assert math.isclose(r["pearson"], 0.8) and math.isclose(r["spearman"], 0.8)
     # Spearman = Pearson of ranks; ties share their mean rank: (0, 1.5, 1.5, 3) vs (0, 1, 2, 3) -> 4.5 / sqrt(4.5 · 5)
-    assert math.isclose(train.classification_metrics([1, 2, 2, 3], [1, 2, 3, 4], 1)["spearman"], 4.5 / math.sqrt(22.5))
-    r = train.classification_metrics([1, 2, 3, 4], [1, 4, 9, 100], 1)  # monotone, not linear
+    assert math.isclose(classify.classification_metrics([1, 2, 2, 3], [1, 2, 3, 4], 1)["spearman"], 4.5 / math.sqrt(22.5))
+    r = classify.classification_metrics([1, 2, 3, 4], [1, 4, 9, 100], 1)  # monotone, not linear
     assert math.isclose(r["spearman"], 1.0) and r["pearson"] < 0.9
 
 
@@ -154,37 +160,37 @@ def test_glue_tsv_layouts_are_recognised(name, tmp_path):
     content, (text, pair, label) = GLUE_FILES[name]
     path = tmp_path / "dev.tsv"
     path.write_text(content)
-    records, task = data.read_classification(str(path))
+    records, task = classify.read_classification(str(path))
     assert task["name"] == name and task["pair"] == (pair is not None) and task["regression"] == (name == "stsb")
     assert task["metric"] == {"cola": "mcc", "stsb": "pearson"}.get(name, "accuracy")
     assert (records[0]["text"], records[0]["pair"], records[0]["label"]) == (text, pair, label)
-    assert data.is_classification_file(str(path))
+    assert classify.is_classification_file(str(path))
 
 
 def test_our_formats_and_label_mapping(tmp_path):
     (tmp_path / "a.csv").write_text('text,text_pair,label\n"Hi, you",there,b\nyo,x,a\n')
-    records, task = data.read_classification(str(tmp_path / "a.csv"))
+    records, task = classify.read_classification(str(tmp_path / "a.csv"))
     assert task == {"name": "custom", "pair": True, "regression": False, "metric": "accuracy"}
-    assert records[0]["text"] == "Hi, you" and data.label_names(records, task) == ["a", "b"]
+    assert records[0]["text"] == "Hi, you" and classify.label_names(records, task) == ["a", "b"]
     (tmp_path / "n.jsonl").write_text("".join(json.dumps({"text": "t", "label": y}) + "\n" for y in (10, 2, 1, 2)))
-    records, task = data.read_classification(str(tmp_path / "n.jsonl"))
-    assert data.label_names(records, task) == ["1", "2", "10"]  # numbers sort as numbers
+    records, task = classify.read_classification(str(tmp_path / "n.jsonl"))
+    assert classify.label_names(records, task) == ["1", "2", "10"]  # numbers sort as numbers
     (tmp_path / "s.jsonl").write_text(json.dumps({"text": "t", "score": 0.5}) + "\n")
-    records, task = data.read_classification(str(tmp_path / "s.jsonl"))
-    assert task["regression"] and task["metric"] == "pearson" and data.label_names(records, task) == []
-    assert data.is_classification_file(str(SENT_TRAIN)) and not data.is_classification_file(
+    records, task = classify.read_classification(str(tmp_path / "s.jsonl"))
+    assert task["regression"] and task["metric"] == "pearson" and classify.label_names(records, task) == []
+    assert classify.is_classification_file(str(SENT_TRAIN)) and not classify.is_classification_file(
         str(REPO / "examples" / "steer_train.jsonl"))
 
 
 def test_task_is_inferred_from_the_data():
     cfg = train.TrainConfig
-    assert train.task_of(cfg(data=str(SENT_TRAIN))) == "classify"
-    assert train.task_of(cfg(data=str(REPO / "examples" / "steer_train.jsonl"))) == "lm"
-    assert train.task_of(cfg(data="glue/SST-2/train.tsv")) == "classify"
-    assert train.task_of(cfg(load="runs/x", eval_data="dev.tsv")) == "classify"
-    assert train.task_of(cfg(load="runs/x", prompt="Once")) == "lm"
+    assert cli.task_of(cfg(data=str(SENT_TRAIN))) == "classify"
+    assert cli.task_of(cfg(data=str(REPO / "examples" / "steer_train.jsonl"))) == "lm"
+    assert cli.task_of(cfg(data="glue/SST-2/train.tsv")) == "classify"
+    assert cli.task_of(cfg(load="runs/x", eval_data="dev.tsv")) == "classify"
+    assert cli.task_of(cfg(load="runs/x", prompt="Once")) == "lm"
     with pytest.raises(ValueError, match="unknown --task 'regress'"):
-        train.task_of(cfg(task="regress"))
+        cli.task_of(cfg(task="regress"))
 
 
 @pytest.mark.parametrize("content,suffix,like,message", [
@@ -209,8 +215,8 @@ def test_bad_classification_input_gives_clear_errors(tmp_path, content, suffix, 
     path.write_text(content)
     trained = {"name": "custom", "pair": like == "pair", "regression": False, "metric": "accuracy"}
     with pytest.raises(ValueError, match=message):
-        records, _ = data.read_classification(str(path), like=trained if like else None)
-        data.encode_classification(records, _StubTokenizer(), ["positive"], 8)
+        records, _ = classify.read_classification(str(path), like=trained if like else None)
+        classify.encode_classification(records, _StubTokenizer(), ["positive"], 8)
 
 
 class _StubTokenizer:
@@ -237,7 +243,7 @@ def _cli(*args):
 @pytest.fixture(scope="module")
 def loreft_run(minilm_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("loreft")
-    return out, train.train_classifier(_cfg(minilm_dir, out))
+    return out, classify.train_classifier(_cfg(minilm_dir, out))
 
 
 def test_loreft_on_minilm_learns_the_example_task(loreft_run, minilm_dir):
@@ -257,7 +263,7 @@ def test_loreft_on_minilm_learns_the_example_task(loreft_run, minilm_dir):
 
 
 def test_parameter_counts_are_reported_apart(minilm_dir, tmp_path, capsys):
-    train.train_classifier(_cfg(minilm_dir, tmp_path, epochs=1, max_examples=16))
+    classify.train_classifier(_cfg(minilm_dir, tmp_path, epochs=1, max_examples=16))
     err = capsys.readouterr().err
     # LoReFT: 6 layers x (2·384·4 + 4); the head (BERT: out_proj on the pooled [CLS]): 384·2 + 2
     assert "trainable params: 18,456 || base params: 22,713,216" in err and "head params: 770" in err
@@ -269,12 +275,12 @@ def test_parameter_counts_are_reported_apart(minilm_dir, tmp_path, capsys):
     ("prefix", {"lr": 5e-2}, 0.6),  # measured 0.81: the weakest here (chance: 0.5, the head alone: 0.75)
 ])
 def test_other_methods_train_and_beat_chance(minilm_dir, tmp_path, name, extra, min_acc):
-    result = train.train_classifier(_cfg(minilm_dir, tmp_path, method=name, **extra))
+    result = classify.train_classifier(_cfg(minilm_dir, tmp_path, method=name, **extra))
     assert result["accuracy"] >= min_acc, result
     torch.manual_seed(0)  # train_classifier's order of random draws: the seed, the model, then the method
     model = M.from_pretrained(str(minilm_dir))
     fresh = reft.build_method(train.method_config(_cfg(minilm_dir, tmp_path, method=name), model), model)
-    method, _, _ = reft.load(str(tmp_path), model)
+    method, _, _ = saving.load(str(tmp_path), model)
     moved = [k for k, v in fresh.state_dict().items() if not torch.equal(v, method.state_dict()[k])]
     assert moved, "the method's parameters did not train"
 
@@ -288,7 +294,7 @@ def test_regression_on_text_pairs(minilm_dir, tmp_path):
     path = tmp_path / "sts.tsv"
     path.write_text("index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
                     + "\n".join(rows) + "\n")
-    result = train.train_classifier(_cfg(minilm_dir, tmp_path / "run", data=str(path), eval_data="", epochs=2,
+    result = classify.train_classifier(_cfg(minilm_dir, tmp_path / "run", data=str(path), eval_data="", epochs=2,
                                          eval_fraction=0.25, method="pedro"))
     assert set(result) == {"pearson", "spearman", "n", "epoch"} and result["n"] == 16
     assert all(math.isfinite(result[k]) for k in ("pearson", "spearman"))
@@ -311,9 +317,9 @@ def test_real_sst2_file_reads_as_glue(assets):
     path = assets / "sst2" / "dev.tsv"
     if not path.exists():
         pytest.skip(f"{path} not found")
-    records, task = data.read_classification(str(path))
+    records, task = classify.read_classification(str(path))
     assert task["name"] == "sst2" and not task["pair"] and len(records) == 6735
-    assert data.label_names(records, task) == ["0", "1"]
+    assert classify.label_names(records, task) == ["0", "1"]
 
 
 def test_roberta_run_with_the_real_tokenizer(assets, tmp_path):
@@ -332,7 +338,7 @@ def test_roberta_run_with_the_real_tokenizer(assets, tmp_path):
         f"{i}\tA man is {w}.\tSomeone is {w if i % 2 else 'asleep'}.\t{'entailment' if i % 2 else 'not_entailment'}\n"
         for i, w in enumerate(["running", "eating", "singing", "reading", "cooking", "dancing"] * 4)))
     common = ["--model", str(tmp_path / "tiny"), "--tokenizer", str(tok_dir)]
-    trained = train.train_classifier(train.parse_args([
+    trained = classify.train_classifier(train.parse_args([
         *common, "--data", str(path), "--eval-data", str(path), "--method", "loreft", "--positions", "f1", "--rank",
         "1", "--epochs", "2", "--out", str(tmp_path / "run"), "--device", "cpu"]))
     assert set(trained) == {"accuracy", "f1", "mcc", "n", "epoch"} and trained["n"] == 24

@@ -21,6 +21,8 @@ import torch
 
 import model as M
 from model import Encoder, Llama, from_pretrained, generate
+from support import cli
+from support import checkpoints
 
 REPO = Path(__file__).resolve().parents[1]
 ATOL, RTOL = 1e-5, 1e-4
@@ -780,7 +782,7 @@ def test_cli_continues_a_prompt(stories260k, stories, sp):
 
 def main_out(capsys, *args):
     """model.main(args) in this process (on CPU) -> what it printed."""
-    M.main([*args, "--device", "cpu"])
+    cli.model_main([*args, "--device", "cpu"])
     return capsys.readouterr().out
 
 
@@ -819,10 +821,10 @@ def test_download_offline_is_a_clear_error(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("offline")
 
-    monkeypatch.setattr(M, "CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(checkpoints, "CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(urllib.request, "urlopen", offline)
     with pytest.raises(ConnectionError, match=r"offline.*local path"):
-        M.resolve("stories15M")
+        checkpoints.resolve("stories15M")
     assert list(tmp_path.iterdir()) == []  # no partial file, no empty folder left behind
 
 
@@ -852,7 +854,7 @@ def fake_hub(folder: Path, repo: str):
 @pytest.mark.parametrize("name", ["runs/model.bin", "ckpts/last.pt", "out/model.safetensors", ".cache/model"])
 def test_missing_local_path_is_not_downloaded(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(M, "CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(checkpoints, "CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(urllib.request, "urlopen", no_network)
     with pytest.raises(FileNotFoundError, match=f"^{name}: no such file or folder"):
         from_pretrained(name)
@@ -864,7 +866,7 @@ def test_repo_id_download_with_shards_then_cache(tmp_path, monkeypatch):
     hf_llama(seed=44).save_pretrained(hub, max_shard_size="40KB")
     shards = {p.name for p in hub.glob("model-0*.safetensors")}
     assert len(shards) > 1 and (hub / "model.safetensors.index.json").exists()
-    monkeypatch.setattr(M, "CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(checkpoints, "CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(urllib.request, "urlopen", fake_hub(hub, "meta-llama/Llama-3.2-1B"))
     ours = from_pretrained("meta-llama/Llama-3.2-1B")
     cached = tmp_path / "cache" / "meta-llama--Llama-3.2-1B"
@@ -886,7 +888,7 @@ def test_unknown_repo_is_a_clear_error(tmp_path, monkeypatch):
         asked.append(url)
         raise urllib.error.HTTPError(url, 401, "Unauthorized", {}, None)
 
-    monkeypatch.setattr(M, "CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(checkpoints, "CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(urllib.request, "urlopen", urlopen)
     with pytest.raises(FileNotFoundError, match="^karpathy/tinyllamas: no such local file or folder, nor a public"):
         from_pretrained("karpathy/tinyllamas")
@@ -911,8 +913,8 @@ def test_broken_download_leaves_no_part_file(make, message, tmp_path, monkeypatc
     dest = tmp_path / "cache" / "m.bin"
     monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: make())
     with pytest.raises(ConnectionError, match=f"cannot download https://x.org/m.bin \\({message}\\)"):
-        M.download("https://x.org/m.bin", str(dest))
+        checkpoints.download("https://x.org/m.bin", str(dest))
     assert [p.name for p in dest.parent.iterdir()] == []  # no dest, no dest.part
     dest.write_bytes(b"cached")
     monkeypatch.setattr(urllib.request, "urlopen", no_network)
-    assert M.download("https://x.org/m.bin", str(dest)) == str(dest)  # an existing file is a cache hit
+    assert checkpoints.download("https://x.org/m.bin", str(dest)) == str(dest)  # an existing file is a cache hit

@@ -8,6 +8,7 @@ import torch
 
 import model as M
 import reft as R
+from support import saving
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
@@ -356,8 +357,8 @@ def test_save_load_round_trip(llama, tmp_path, cfg):
     ids, mask = batch()
     with torch.no_grad():
         before = llama(ids, mask, method=method)
-    R.save(str(tmp_path), method, cfg, llama)
-    loaded, loaded_cfg, _ = R.load(str(tmp_path), llama)
+    saving.save(str(tmp_path), method, cfg, llama)
+    loaded, loaded_cfg, _ = saving.load(str(tmp_path), llama)
     with torch.no_grad():
         after = llama(ids, mask, method=loaded)
     assert torch.equal(after, before)

@@ -10,6 +10,8 @@ import torch
 
 import model as M
 import reft
+from support import saving
+from support import pyreft_import
 from conftest import loreft_state, write_pyreft_folder
 
 D, RANK = 16, 4  # the unit-level tests (methods.md §7)
@@ -43,18 +45,18 @@ def det_inputs():
 def our_loreft(W, b, U, dtype=torch.float32):
     m = reft.LoReFT(W.shape[1], W.shape[0]).to(dtype).eval()
     with torch.no_grad():
-        m.rotation.copy_(U)
-        m.learned_source.weight.copy_(W)
-        m.learned_source.bias.copy_(b)
+        m.A.copy_(U)
+        m.W.weight.copy_(W)
+        m.W.bias.copy_(b)
     return m
 
 
 def our_direft(W, b, W2, dtype=torch.float32):
     m = reft.DiReFT(W.shape[1], W.shape[0]).to(dtype).eval()
     with torch.no_grad():
-        m.learned_source.weight.copy_(W)
-        m.learned_source.bias.copy_(b)
-        m.proj.copy_(W2)
+        m.W1.weight.copy_(W)
+        m.W1.bias.copy_(b)
+        m.W2.copy_(W2)
     return m
 
 
@@ -96,10 +98,10 @@ def test_loreft_invariants_fp64():
     torch.manual_seed(0)
     m = reft.LoReFT(D, RANK).double()
     with torch.no_grad():
-        m.learned_source.bias.normal_()
+        m.W.bias.normal_()
     h = torch.randn(2, 3, D, dtype=torch.float64)
     with torch.no_grad():
-        out, R, W, b = m(h), m.R, m.learned_source.weight, m.learned_source.bias
+        out, R, W, b = m(h), m.R, m.W.weight, m.W.bias
     assert R.shape == (RANK, D) and ortho_err(R) < 1e-12
     assert torch.allclose(out, h + (h @ W.T + b - h @ R.T) @ R, atol=1e-10, rtol=0)  # eq. (2)
     assert torch.allclose(out @ R.T, h @ W.T + b, atol=1e-10, rtol=0)  # R·Φ(h) = W h + b
@@ -122,8 +124,7 @@ def test_parameter_counts_and_gradients():
             assert sum(p.numel() for p in m.parameters()) == n_iv * (2 * d * RANK + RANK)
         m, _ = random_reft(model, kind)
         names = {n.split(".", 2)[-1] for n, _ in m.named_parameters()}
-        assert names == ({"rotation", "learned_source.weight", "learned_source.bias"} if kind == "loreft" else
-                         {"proj", "learned_source.weight", "learned_source.bias"})
+        assert names == ({"A", "W.weight", "W.bias"} if kind == "loreft" else {"W2", "W1.weight", "W1.bias"})
         ids = torch.randint(0, 128, (2, 7), generator=torch.Generator().manual_seed(0))
         pos = torch.tensor([[[0], [6]], [[1], [5]]])
         model(ids, method=m, positions=pos).float().pow(2).mean().backward()
@@ -137,7 +138,7 @@ def test_rotation_stays_orthonormal_under_adamw_weight_decay():
     torch.manual_seed(0)
     teacher = reft.LoReFT(D, RANK)
     with torch.no_grad():
-        teacher.learned_source.bias.normal_()
+        teacher.W.bias.normal_()
     student = reft.LoReFT(D, RANK)
     R0 = student.R.detach().clone()
     h = torch.randn(64, D)
@@ -195,7 +196,7 @@ def test_direft_closed_form_fp64():
     m = reft.DiReFT(D, RANK).double()
     h = torch.randn(2, 3, D, dtype=torch.float64)
     with torch.no_grad():
-        W1, b, W2, out = m.learned_source.weight, m.learned_source.bias, m.proj, m(h)
+        W1, b, W2, out = m.W1.weight, m.W1.bias, m.W2, m(h)
     assert torch.allclose(out, h + (h @ W1.T + b) @ W2, atol=1e-10, rtol=0)  # eq. (3), row form
     assert float((out - h).abs().max()) > 1e-2  # not the identity at init, as pyreft's NodireftIntervention
 
@@ -321,17 +322,18 @@ def test_model_parity_with_pyreft_and_import(pyreft, hf_pair, tmp_path, kind, la
         for i, (l, iv) in enumerate(zip(layers, ivs)):
             g = 1 if layout == "untied" and i >= len(layers) // 2 else 0
             mine = m.interventions[f"{l}_{g}"]
-            mine.learned_source.load_state_dict(iv.learned_source.state_dict())
             if kind == "loreft":
-                mine.rotation.copy_(iv.rotate_layer.weight)
+                mine.W.load_state_dict(iv.learned_source.state_dict())
+                mine.A.copy_(iv.rotate_layer.weight)
             else:
-                mine.proj.copy_(iv.proj_layer.weight)
+                mine.W1.load_state_dict(iv.learned_source.state_dict())
+                mine.W2.copy_(iv.proj_layer.weight)
         by_hand = ours(ids, mask, method=m, positions=pos)
     assert torch.allclose(by_hand[real], theirs[real], atol=1e-5, rtol=1e-4)
 
     # the importer on pyreft's own save
     rm.save(str(tmp_path / "pyreft"))
-    imported, cfg = reft.load_pyreft(str(tmp_path / "pyreft"), ours, "f1+l1")
+    imported, cfg = pyreft_import.load_pyreft(str(tmp_path / "pyreft"), ours, "f1+l1")
     assert (cfg.method, cfg.layers, cfg.rank, cfg.share_weights) == (kind, [0, 1], RANK, layout == "tied")
     with torch.no_grad():
         via_import = ours(ids, mask, method=imported, positions=pos)
@@ -339,7 +341,7 @@ def test_model_parity_with_pyreft_and_import(pyreft, hf_pair, tmp_path, kind, la
     assert torch.allclose(via_import[real], theirs[real], atol=1e-5, rtol=1e-4)
     if layout == "untied":  # pyreft's positions do not fit a one-group layout
         with pytest.raises(ValueError, match="positions 'f3'"):
-            reft.load_pyreft(str(tmp_path / "pyreft"), ours, "f3")
+            pyreft_import.load_pyreft(str(tmp_path / "pyreft"), ours, "f3")
 
 
 def test_generate_parity_with_pyreft(pyreft, hf_pair, tmp_path):
@@ -364,7 +366,7 @@ def test_generate_parity_with_pyreft(pyreft, hf_pair, tmp_path):
                              intervene_on_prompt=True, max_new_tokens=8, do_sample=False, eos_token_id=None,
                              pad_token_id=0)
     rm.save(str(tmp_path / "pyreft"))
-    m, _ = reft.load_pyreft(str(tmp_path / "pyreft"), ours, "f1+l1")
+    m, _ = pyreft_import.load_pyreft(str(tmp_path / "pyreft"), ours, "f1+l1")
     mine = M.generate(ours, ids, mask, 8, method=m, positions=torch.tensor([[[0], [5]], [[2], [5]]]))
     assert torch.equal(out[:, 6:], mine)
     assert not torch.equal(mine, M.generate(ours, ids, mask, 8))  # the edit changes the continuation
@@ -378,18 +380,18 @@ def test_import_fabricated_loreft_folder(tmp_path):
     model = tiny_llama()
     states = [loreft_state(s) for s in range(4)]
     folder = write_pyreft_folder(tmp_path / "lo", "LoreftIntervention", [0, 1, 0, 1], states)
-    m, cfg = reft.load_pyreft(folder, model, "f2+l2")
+    m, cfg = pyreft_import.load_pyreft(folder, model, "f2+l2")
     assert (cfg.method, cfg.layers, cfg.positions, cfg.share_weights, cfg.rank) == ("loreft", [0, 1], "f2+l2",
                                                                                     False, RANK)
     for (l, g), sd in zip([(0, 0), (1, 0), (0, 1), (1, 1)], states):
         iv = m.interventions[f"{l}_{g}"]
         assert torch.allclose(iv.R.T, sd["rotate_layer"], atol=1e-6, rtol=0)
-        assert torch.equal(iv.learned_source.weight, sd["weight"]) and torch.equal(iv.learned_source.bias, sd["bias"])
+        assert torch.equal(iv.W.weight, sd["weight"]) and torch.equal(iv.W.bias, sd["bias"])
     # tied: each layer once
     folder = write_pyreft_folder(tmp_path / "tied", "LoreftIntervention", [1], states[:1])
-    m, cfg = reft.load_pyreft(folder, model, "f1+l1")
+    m, cfg = pyreft_import.load_pyreft(folder, model, "f1+l1")
     assert cfg.share_weights and cfg.layers == [1] and list(m.interventions) == ["1_0"]
-    m, cfg = reft.load_pyreft(folder, model, "l3")
+    m, cfg = pyreft_import.load_pyreft(folder, model, "l3")
     assert not cfg.share_weights and list(m.interventions) == ["1_0"]
 
 
@@ -397,7 +399,7 @@ def test_import_errors(tmp_path):
     model = tiny_llama()
     lo = [loreft_state(s) for s in range(4)]
     with pytest.raises(FileNotFoundError, match="neither reft.pt .* nor a pyreft config.json"):
-        reft.load_pyreft(str(tmp_path), model, "f1+l1")
+        pyreft_import.load_pyreft(str(tmp_path), model, "f1+l1")
     cases = [  # (cls, layers, component, dim, states, positions, message)
         ("DireftIntervention", [0], "block_output", 64, lo[:1], "f1", r"DireftIntervention is not supported \(supp"),
         ("NoreftIntervention", [0], "block_output", 64, lo[:1], "f1", "NoreftIntervention is not supported"),
@@ -414,12 +416,12 @@ def test_import_errors(tmp_path):
     for i, (cls, layers, comp, dim, states, positions, msg) in enumerate(cases):
         folder = write_pyreft_folder(tmp_path / str(i), cls, layers, states, comp, dim)
         with pytest.raises(ValueError, match=msg):
-            reft.load_pyreft(folder, model, positions)
-        assert "\n" not in str(pytest.raises(ValueError, reft.load_pyreft, folder, model, positions).value)
+            pyreft_import.load_pyreft(folder, model, positions)
+        assert "\n" not in str(pytest.raises(ValueError, pyreft_import.load_pyreft, folder, model, positions).value)
     # a model of another hidden size (config.json says 64)
     folder = write_pyreft_folder(tmp_path / "d", "LoreftIntervention", [0], lo[:1])
     with pytest.raises(ValueError, match="hidden size 64, the model has 32"):
-        reft.load_pyreft(folder, tiny_llama(hidden_size=32), "f1")
+        pyreft_import.load_pyreft(folder, tiny_llama(hidden_size=32), "f1")
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -505,18 +507,18 @@ def test_save_load_round_trip(tmp_path):
     for kind in ("loreft", "direft"):
         m, cfg = random_reft(model, kind)
         folder = str(tmp_path / kind)
-        reft.save(folder, m, cfg, model)
-        m2, cfg2, _ = reft.load(folder, model)
+        saving.save(folder, m, cfg, model)
+        m2, cfg2, _ = saving.load(folder, model)
         assert cfg2 == cfg
         with torch.no_grad():
             assert torch.equal(model(ids, method=m, positions=POS_UNTIED),
                                model(ids, method=m2.eval(), positions=POS_UNTIED))
         for other in (tiny_llama(seed=5), tiny_llama(hidden_size=32)):
             with pytest.raises(ValueError, match="different base model"):
-                reft.load(folder, other)
+                saving.load(folder, other)
 
     # continued training after a load keeps R orthonormal (weight decay on everything)
-    m2, _, _ = reft.load(str(tmp_path / "loreft"), model)
+    m2, _, _ = saving.load(str(tmp_path / "loreft"), model)
     for p in model.parameters():
         p.requires_grad_(False)
     opt = torch.optim.AdamW(m2.parameters(), lr=1e-2, weight_decay=0.1)

@@ -15,7 +15,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # so `pytest tests/...` works as well as `python -m pytest` from the repo root
 
-from data import ByteBPETokenizer, SentencePieceTokenizer, WordPieceTokenizer, load_tokenizer  # noqa: E402
+from support.tokenizer import ByteBPETokenizer, SentencePieceTokenizer, WordPieceTokenizer, load_tokenizer  # noqa: E402
 
 ASSETS = Path(os.environ.get("REFT_SHARED_ASSETS", REPO.parent / "shared" / "assets"))
 SP_MODEL = ASSETS / "stories260K" / "tok512.model"

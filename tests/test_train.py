@@ -9,6 +9,11 @@ import data
 import model as M
 import reft
 import train
+from support import tokenizer as tokmod
+from support import records
+from support import classify
+from support import saving
+from support import pyreft_import
 from conftest import REPO, loreft_state, run_train_cli, write_pyreft_folder
 
 STEER_TRAIN, STEER_EVAL = REPO / "examples" / "steer_train.jsonl", REPO / "examples" / "steer_eval.jsonl"
@@ -20,15 +25,21 @@ SENT_TRAIN, SENT_DEV = REPO / "examples" / "sentiment_train.jsonl", REPO / "exam
 
 def test_reft_positions_worked_examples():
     # the docstring's examples
-    assert data.reft_positions(5, 2, 2, False, offset=3).tolist() == [[3, 4], [6, 7]]
-    assert data.reft_positions(5, 2, 2, True, offset=3).tolist() == [[3, 4, 6, 7]]
-    assert data.reft_positions(3, 2, 2, False).tolist() == [[0, -1], [1, 2]]
+    assert reft.reft_positions(5, 2, 2, False, offset=3).tolist() == [[3, 4], [6, 7]]
+    assert reft.reft_positions(5, 2, 2, True, offset=3).tolist() == [[3, 4, 6, 7]]
+    assert reft.reft_positions(3, 2, 2, False).tolist() == [[0, -1], [1, 2]]
     # short prompts: floor(n/2) first, ceil(n/2) last, never overlapping; a 1-token prompt keeps its last token
-    assert data.reft_positions(1, 1, 1, False).tolist() == [[-1], [0]]
-    assert data.reft_positions(2, 3, 3, True).tolist() == [[0, 1, -1, -1, -1, -1]]
-    # only first or only last: up to the whole prompt
-    assert data.reft_positions(2, 3, 0, False).tolist() == [[0, 1, -1]]
-    assert data.reft_positions(4, 0, 2, False).tolist() == [[2, 3]]
+    assert reft.reft_positions(1, 1, 1, False).tolist() == [[-1], [0]]
+    assert reft.reft_positions(2, 3, 3, True).tolist() == [[0, 1, -1, -1, -1, -1]]
+    # only first or only last: the paper's rule too (first <= floor(n/2), last <= ceil(n/2)); "legacy" kept the old
+    # min(A, n) for runs saved before it
+    assert reft.reft_positions(2, 3, 0, False).tolist() == [[0, -1, -1]]
+    assert reft.reft_positions(5, 3, 0, False).tolist() == [[0, 1, -1]]
+    assert reft.reft_positions(5, 0, 4, False).tolist() == [[2, 3, 4, -1]]
+    assert reft.reft_positions(4, 0, 2, False).tolist() == [[2, 3]]
+    assert reft.reft_positions(2, 3, 0, False, rule="legacy").tolist() == [[0, 1, -1]]
+    assert reft.reft_positions(5, 0, 4, False, rule="legacy").tolist() == [[1, 2, 3, 4]]
+    assert reft.reft_positions(3, 2, 2, False, rule="legacy").tolist() == [[0, -1], [1, 2]]  # fA+lB: the same
 
 
 def _tiny_llama(seed=0):
@@ -52,25 +63,25 @@ def test_padded_batches_equal_single_examples(method_name, share):
     if method_name in ("prefix", "pedro"):  # PEDRO starts as the identity (W_up = 0): random weights show the edit
         for p in method.parameters():
             p.normal_(0, 0.3)
-    pos_args = train.position_args(mcfg)
+    scheme = mcfg.position_scheme()
     exs = [{"input_ids": [1, 5, 6, 7, 8, 9, 10, 11], "labels": [-100] * 5 + [9, 10, 11], "prompt_len": 5},
            {"input_ids": [1, 12, 13, 14], "labels": [-100] * 3 + [14], "prompt_len": 3}]
 
     def run(b, mask=None):
         return model(b["input_ids"], mask, method=method, positions=b.get("positions"), prompt_mask=b["prompt_mask"])
 
-    singles = [run(data.collate([e], 0, **pos_args))[0] for e in exs]
+    singles = [run(data.collate([e], 0, scheme))[0] for e in exs]
     for side in ("right", "left"):
-        b = data.collate(exs, 0, padding_side=side, **pos_args)
+        b = data.collate(exs, 0, scheme, padding_side=side)
         out = run(b, b["attention_mask"])
         for i, e in enumerate(exs):
             real = b["attention_mask"][i].bool()
             torch.testing.assert_close(out[i][real], singles[i], atol=1e-5, rtol=1e-4)
     for e, single in zip(exs, singles):  # the prompt's logits do not depend on the response (as in generation)
-        prompt = run(data.collate([e], 0, with_labels=False, **pos_args))[0]
+        prompt = run(data.collate([e], 0, scheme, with_labels=False))[0]
         torch.testing.assert_close(single[:e["prompt_len"]], prompt, atol=1e-5, rtol=1e-4)
     # and the edit is real: without the method the logits differ
-    b = data.collate(exs[:1], 0, **pos_args)
+    b = data.collate(exs[:1], 0, scheme)
     assert not torch.allclose(model(b["input_ids"])[0], singles[0], atol=1e-3)
 
 
@@ -78,7 +89,7 @@ def test_padded_batches_equal_single_examples(method_name, share):
 
 
 def test_tokenize_examples_labels_and_truncation(stories260k, capsys):
-    tok = data.load_tokenizer(str(stories260k / "tok512.model"))
+    tok = tokmod.load_tokenizer(str(stories260k / "tok512.model"))
     recs = [{"prompt": "Lily had a red ball.", "response": "She was happy."},
             {"instruction": "Say hi", "input": "", "output": "hi there " * 80},
             {"prompt": "word " * 200, "response": "x"}]
@@ -111,7 +122,7 @@ def test_bad_records(tmp_path, content, suffix, message):
     path = tmp_path / ("bad" + suffix)
     path.write_text(content)
     with pytest.raises(ValueError, match=message):
-        data.read_records(str(path))
+        records.read_records(str(path))
 
 
 # ------------------------------------------------------------------------------------------------ end to end
@@ -135,9 +146,9 @@ def test_quick_start_learns_the_steering_task(stories260k, tmp_path, method_name
     assert result["n"] == 50 and result["exact_match"] >= min_em, result
     model, tok = train.load_model_and_tokenizer(cfg)
     assert all(torch.equal(v, base_before[k]) for k, v in model.state_dict().items())
-    method, mcfg, _ = reft.load(str(tmp_path), model)  # the saved method reproduces the run's score exactly
-    exs = data.tokenize_examples(data.read_records(str(STEER_EVAL)), tok, eos_id=1)
-    preds = train.generate_batch(model, tok, method.eval(), mcfg, exs, 32, "cpu")
+    method, mcfg, _ = saving.load(str(tmp_path), model)  # the saved method reproduces the run's score exactly
+    exs = data.tokenize_examples(records.read_records(str(STEER_EVAL)), tok, eos_id=1)
+    preds = [tok.decode(i) for i in train.generate_ids(model, tok, method.eval(), mcfg, exs, 32, "cpu")]
     assert sum(p.strip() == data.response_of(e["record"]).strip() for p, e in zip(preds, exs)) / len(exs) == \
         result["exact_match"]
     assert (tmp_path / "reft.pt").stat().st_size < 100_000  # only the method's weights: kilobytes
@@ -268,12 +279,11 @@ def _load_args(stories260k, folder, *extra):
 def _expected_text(stories260k, method, mcfg, prompt, max_new_tokens) -> str:
     """The prompt and its greedy continuation (up to the end token, BOS for llama2.c) with model.generate directly."""
     model = M.from_pretrained(str(stories260k / "stories260K.bin"))
-    tok = data.load_tokenizer(str(stories260k / "tok512.model"))
+    tok = tokmod.load_tokenizer(str(stories260k / "tok512.model"))
     ids = tok.encode(data.format_prompt({"prompt": prompt}, "auto"), bos=True)
     positions = None
     if method is not None and mcfg.method in ("loreft", "direft"):
-        first, last = reft.parse_positions(mcfg.positions)
-        positions = data.reft_positions(len(ids), first, last, mcfg.share_weights)[None]  # [1, G, n]
+        positions = mcfg.position_scheme().of(len(ids))[None]  # [1, G, n]
     with torch.no_grad():
         new = M.generate(model, torch.tensor([ids]), None, max_new_tokens, eos_id=1, method=method,
                          positions=positions)[0].tolist()
@@ -290,7 +300,7 @@ def test_load_and_generate_cli(stories260k, tmp_path, method_name, flags, n_para
     r = _cli(*_args(stories260k, out, "--data", str(STEER_TRAIN), "--method", method_name, *flags))
     assert r.returncode == 0, r.stderr
     assert f"trainable params: {n_params} " in r.stderr
-    method, mcfg, _ = reft.load(str(out), M.from_pretrained(str(stories260k / "stories260K.bin")))
+    method, mcfg, _ = saving.load(str(out), M.from_pretrained(str(stories260k / "stories260K.bin")))
     if method_name == "loreft":  # a whole epoch (270/8 steps), evaluated, with the default positions
         assert "step 34/34" in r.stderr and "exact_match" in r.stdout.splitlines()[-1] and mcfg.positions == "f3+l3"
     # the CLI's generation equals model.generate with the saved method, which differs from the base model's
@@ -307,12 +317,12 @@ def test_load_and_generate_cli(stories260k, tmp_path, method_name, flags, n_para
 
 def test_load_a_pyreft_folder_cli(stories260k, tmp_path, capsys):
     """A folder in pyreft's format (untied f1+l1 LoReFT on layers 0 and 2): --load --positions --prompt generates what
-    reft.load_pyreft + model.generate give; without --positions, a one-line error (pyreft does not save them)."""
+    pyreft_import.load_pyreft + model.generate give; without --positions, a one-line error (pyreft does not save them)."""
     folder = write_pyreft_folder(tmp_path / "pyreft", "LoreftIntervention", [0, 2, 0, 2],
                                  [loreft_state(seed) for seed in range(4)])
     prompt = "Lily had a red ball."
     train.main(_load_args(stories260k, folder, "--positions", "f1+l1", "--prompt", prompt, "--max-new-tokens", "16"))
-    method, mcfg = reft.load_pyreft(folder, M.from_pretrained(str(stories260k / "stories260K.bin")), "f1+l1")
+    method, mcfg = pyreft_import.load_pyreft(folder, M.from_pretrained(str(stories260k / "stories260K.bin")), "f1+l1")
     expected = _expected_text(stories260k, method.eval(), mcfg, prompt, 16)
     assert capsys.readouterr().out == expected + "\n"
     assert expected != _expected_text(stories260k, None, mcfg, prompt, 16)  # the interventions change the text
@@ -328,7 +338,7 @@ def test_act_fn_is_saved_and_reloaded(stories260k, tmp_path, capsys):
     out = tmp_path / "run"
     train.main(_args(stories260k, out, "--data", str(STEER_TRAIN), "--max-steps", "2", "--act-fn", "relu"))
     model = M.from_pretrained(str(stories260k / "stories260K.bin"))
-    method, mcfg, blob = reft.load(str(out), model)
+    method, mcfg, blob = saving.load(str(out), model)
     assert blob["config"]["act_fn"] == "relu" and blob["train_config"]["act_fn"] == "relu"
     prompt = "Lily had a red ball."
     expected = _expected_text(stories260k, method.eval(), mcfg, prompt, 16)
@@ -354,8 +364,8 @@ def test_default_positions_depend_on_the_task():
 def test_classify_defaults_to_first_token_positions(minilm_dir, tmp_path):
     cfg = train.TrainConfig(model=str(minilm_dir), data=str(SENT_TRAIN), eval_data=str(SENT_DEV), max_examples=16,
                             epochs=1, rank=1, out=str(tmp_path), device="cpu")
-    train.train_classifier(cfg)
-    assert reft.load(str(tmp_path), M.from_pretrained(str(minilm_dir)))[1].positions == "f3"
+    classify.train_classifier(cfg)
+    assert saving.load(str(tmp_path), M.from_pretrained(str(minilm_dir)))[1].positions == "f3"
 
 
 @pytest.mark.parametrize("flags,message", [
@@ -376,12 +386,12 @@ def test_bad_flags_give_one_line_errors(stories260k, tmp_path, flags, message):
 def test_load_on_a_different_base_model_is_refused(stories260k, tmp_path):
     cfg = reft.MethodConfig(layers=[0], rank=2)
     model = M.from_pretrained(str(stories260k / "stories260K.bin"))
-    reft.save(str(tmp_path), reft.build_method(cfg, model), cfg, model)
+    saving.save(str(tmp_path), reft.build_method(cfg, model), cfg, model)
     other = M.from_pretrained(str(stories260k / "stories260K.bin"))
     with torch.no_grad():
         other.embed_tokens.weight.mul_(1.1)
     with pytest.raises(ValueError, match="different base model"):
-        reft.load(str(tmp_path), other)
+        saving.load(str(tmp_path), other)
     r = _cli("--model", str(stories260k / "stories260K.bin"), "--tokenizer", str(stories260k / "tok512.model"),
              "--load", str(tmp_path / "nothing"), "--prompt", "hi")
     assert r.returncode != 0 and "no such folder" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,211 @@
+"""The command lines' plumbing: flags from TrainConfig's comments, the model.py CLI, checks on --out and --resume,
+Ctrl-C, threads. train.py and model.py call these; nothing here is needed to understand a method."""
+import argparse
+import inspect
+import os
+import re
+import signal
+import sys
+from dataclasses import asdict, fields, replace
+
+import torch
+
+from support.checkpoints import EMBEDDED_FILES, resolve
+
+# -----------------------------------------------------------------------------------------------------------------
+# Flags
+
+
+def field_help(config_cls) -> dict:
+    """{field: the comment after it} from the dataclass's source: one place documents a field, for readers and for
+    --help alike."""
+    out = {}
+    for line in inspect.getsource(config_cls).splitlines():
+        m = re.match(r"\s+(\w+): [^=]+=.*?#\s*(.*)$", line)
+        if m:
+            out[m.group(1)] = m.group(2)
+    return out
+
+
+def parse_args(config_cls, argv):
+    """A config_cls from argv: one --flag-name per field, its comment as the help, its default shown."""
+    doc = sys.modules[config_cls.__module__].__doc__ or ""
+    p = argparse.ArgumentParser(prog="train.py", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    helps = field_help(config_cls)
+    for f in fields(config_cls):
+        flag, text = "--" + f.name.replace("_", "-"), helps.get(f.name, "")
+        if f.type is bool:
+            p.add_argument(flag, action="store_true", help=text)
+        else:
+            p.add_argument(flag, type=f.type, default=f.default, help=f"{text} (default: {f.default!r})")
+    return config_cls(**vars(p.parse_args(argv)))
+
+
+def tokenizer_path(model: str, tokenizer: str) -> str:
+    """--tokenizer, else the model's folder; the shipped stories260K's tokenizer is tok512.model."""
+    if tokenizer:
+        return resolve(tokenizer)
+    path = resolve(model)
+    if os.path.isdir(path):
+        return path
+    if os.path.abspath(path) == os.path.abspath(EMBEDDED_FILES["stories260K"]):
+        return EMBEDDED_FILES["tok512.model"]
+    raise ValueError("a llama2.c checkpoint needs --tokenizer (e.g. tok512.model for stories260K)")
+
+
+def task_of(cfg) -> str:
+    """--task, or inferred: classify for classification data (.csv/.tsv, labelled .jsonl), or for --load with
+    --eval-data and no prompt."""
+    if cfg.task not in ("auto", "lm", "classify"):
+        raise ValueError(f"unknown --task {cfg.task!r}: expected lm, classify or auto")
+    if cfg.task != "auto":
+        return cfg.task
+    if cfg.load:
+        return "classify" if cfg.eval_data and not (cfg.prompt or cfg.prompts_file) else "lm"
+    from support.classify import is_classification_file
+    return "classify" if cfg.data and is_classification_file(cfg.data) else "lm"
+
+
+def set_threads():
+    """CPU threads for the command lines: REFT_THREADS, or 1 when OMP_NUM_THREADS is unset and the machine has few
+    cores. Measured (README, Speed on a CPU): tiny models run fastest on one thread, and a busy 2-core machine slows
+    multi-threaded runs 3-15x; larger models gain from more threads (set REFT_THREADS)."""
+    if os.environ.get("REFT_THREADS"):
+        torch.set_num_threads(int(os.environ["REFT_THREADS"]))
+    elif not os.environ.get("OMP_NUM_THREADS") and (os.cpu_count() or 1) <= 4:
+        torch.set_num_threads(1)
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# Runs on disk: --out, --resume, --load
+
+
+def check_out_folder(cfg, mcfg):
+    """(the checkpoint path in --out, the method config to train), after refusing what would lose or mix up a saved
+    run: --resume without a checkpoint or with other settings, and --out holding a run without --resume or
+    --overwrite. A resumed run keeps the position rule it was trained with."""
+    ckpt = os.path.join(cfg.out, "checkpoint.pt")
+    saved = saved_method_config(cfg.out)
+    if cfg.resume:
+        if not os.path.exists(ckpt):
+            raise FileNotFoundError(f"--resume: no checkpoint.pt in {cfg.out}")
+        if saved is not None and saved != asdict(mcfg):
+            diff = ", ".join(f"{k} {saved[k]!r} there, {v!r} here" for k, v in asdict(mcfg).items()
+                             if saved.get(k) != v and k != "position_rule")
+            if diff:
+                raise ValueError(f"--resume: {cfg.out} holds a run with other settings ({diff}); pass the same "
+                                 "flags, or another --out")
+    elif (saved is not None or os.path.exists(ckpt)) and not cfg.overwrite:
+        what = f"a {saved['method']} run (rank {saved['rank']})" if saved else "a run"
+        raise ValueError(f"{cfg.out} already holds {what}: pass --resume to continue it, --overwrite to replace it, "
+                         "or another --out")
+    return ckpt, replace(mcfg, position_rule=saved["position_rule"]) if cfg.resume and saved else mcfg
+
+
+def saved_method_config(folder: str) -> dict | None:
+    """The MethodConfig (as a dict) of the run saved in folder: from checkpoint.pt, else reft.pt; None if neither."""
+    from support.saving import upgrade_config
+    for name, key in (("checkpoint.pt", "config"), ("reft.pt", "config")):
+        path = os.path.join(folder, name)
+        if os.path.exists(path):
+            blob = torch.load(path, map_location="cpu", weights_only=False)
+            if key in blob:
+                return asdict(upgrade_config(blob[key]))
+    return None
+
+
+def load_checkpoint(path, method, opt, sched, kind: str) -> tuple[int, int, int]:
+    """Restore a --resume checkpoint (weights, optimizer, schedule, RNG); -> (step, epoch, batch)."""
+    from support.saving import upgrade_state_dict
+    ck = torch.load(path, map_location=next(method.parameters()).device, weights_only=False)
+    method.load_state_dict(upgrade_state_dict(ck["method"], kind)), opt.load_state_dict(ck["opt"])
+    sched.load_state_dict(ck["sched"])
+    torch.set_rng_state(ck["rng"])
+    print(f"resumed from {path} at step {ck['step']}", file=sys.stderr)
+    return ck["step"], ck["epoch"], ck["batch"]
+
+
+def load_pyreft_run(folder: str, model, positions: str):
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"--load {folder}: no such folder (a train.py --out folder or a pyreft save)")
+    if not positions:
+        raise ValueError("a pyreft folder does not store positions: pass the --positions it was trained with "
+                         "(e.g. --positions f1+l1)")
+    from support.pyreft_import import load_pyreft
+    return load_pyreft(folder, model, positions)
+
+
+def read_prompts(cfg) -> list[str]:
+    if not cfg.prompts_file:
+        return [cfg.prompt]
+    with open(cfg.prompts_file, encoding="utf-8") as f:
+        prompts = [line.rstrip("\n") for line in f if line.strip()]
+    if not prompts:
+        raise ValueError(f"{cfg.prompts_file}: no prompts (one per line)")
+    return prompts
+
+
+def new_tokens_within(cfg, longest_prompt: int) -> int:
+    """--max-new-tokens, cut so that prompt + new tokens fit --max-length (a note says so when it cuts)."""
+    room = cfg.max_length - longest_prompt
+    if room <= 0:
+        raise ValueError(f"a prompt of {longest_prompt} tokens leaves no room within --max-length {cfg.max_length}")
+    if room < cfg.max_new_tokens:
+        print(f"note: {room} new tokens, not {cfg.max_new_tokens}: --max-length {cfg.max_length} caps prompt "
+              f"({longest_prompt} tokens) + new tokens", file=sys.stderr)
+    return min(room, cfg.max_new_tokens)
+
+
+class StopOnCtrlC:
+    """Within `with StopOnCtrlC() as s:`, Ctrl-C (SIGINT) sets s.reason instead of raising, so the loop can finish
+    the optimizer step in flight and save a checkpoint. A second Ctrl-C stops at once."""
+
+    def __enter__(self):
+        self.reason, self.previous = "", signal.getsignal(signal.SIGINT)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # main thread, Python's own handler
+            signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.reason:
+            raise KeyboardInterrupt
+        self.reason = "Ctrl-C"
+        print("\nCtrl-C: finishing this step and saving a checkpoint (Ctrl-C again to stop at once)", file=sys.stderr)
+
+    def __exit__(self, *exc):
+        if signal.getsignal(signal.SIGINT) == self._handle:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# python model.py CHECKPOINT [--tokenizer FILE] --prompt TEXT --max-new-tokens N [--temperature T --top-p P]
+
+
+def model_main(argv=None):
+    import model as M
+    from support.tokenizer import load_tokenizer
+
+    p = argparse.ArgumentParser(prog="model.py", description="Load a checkpoint and print the continuation of a prompt.")
+    p.add_argument("checkpoint", help="HF folder, llama2.c .bin/.pt, or a public name such as stories260K")
+    p.add_argument("--tokenizer", default="", help="tokenizer file or folder (default: the checkpoint's folder)")
+    p.add_argument("--prompt", default="", help="text to continue; empty = start from BOS")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args(argv)
+    set_threads()
+    try:
+        model = M.from_pretrained(args.checkpoint, device=args.device)
+        if not isinstance(model, M.Llama):
+            raise ValueError(f"{args.checkpoint} is an encoder ({model.config.model_type}); it cannot generate text")
+        tok = load_tokenizer(tokenizer_path(args.checkpoint, args.tokenizer))
+        ids = torch.tensor([tok.encode(args.prompt, bos=True)], device=args.device)
+        g = torch.Generator(device=args.device).manual_seed(args.seed)
+        out = M.generate(model, ids, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                         top_p=args.top_p, eos_id=model.config.eos_token_id, generator=g)
+        print(tok.decode(ids[0].tolist() + out[0].tolist()))  # together, so the spacing is the tokenizer's
+    except (ValueError, OSError) as e:  # bad input or no network: one clear line, no traceback
+        sys.exit(f"error: {e}")

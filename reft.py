@@ -76,11 +76,12 @@ def reft_positions(prompt_len: int, first: int, last: int, share_weights: bool, 
         n 3,  f2+l2 untied           -> [[0, -1], [1, 2]]     (A = min(2, 1) = 1, B = min(2, 2) = 2)
         n 4,  f3                     -> [[0, 1, -1]]          (A = min(3, 2); "legacy": [[0, 1, 2]])
     """
+    if rule == "legacy" and not (first and last):  # the only case where the legacy rule differs: min(A, n)
+        k = min(first + last, prompt_len)
+        kept = range(k) if first else range(prompt_len - k, prompt_len)
+        return torch.tensor([[offset + i for i in kept] + [-1] * (first + last - k)])
     ### BEGIN SOLUTION positions
-    half_down, half_up = prompt_len // 2, (prompt_len + 1) // 2
-    if rule == "legacy" and not (first and last):  # the only case where the legacy rule differs
-        half_down = half_up = prompt_len
-    a, b = min(first, half_down), min(last, half_up)
+    a, b = min(first, prompt_len // 2), min(last, (prompt_len + 1) // 2)
     head = [offset + i for i in range(a)]  # the first a prompt tokens
     tail = [offset + prompt_len - b + i for i in range(b)]  # the last b prompt tokens
     if num_groups(first, last, share_weights) == 1:

@@ -10,8 +10,8 @@ support/classify.py):
   python train.py --model MINILM_DIR --data examples/sentiment_train.jsonl --eval-data examples/sentiment_dev.jsonl \\
       --method loreft --positions f3 --rank 4 --epochs 3 --batch-size 16 --out runs/sentiment
 
-Every flag is a field of TrainConfig (--grad-accum sets grad_accum, and so on); `python train.py --help` lists them
-with the comments below as their help.
+Every flag is a field of TrainConfig (--grad-accum sets grad_accum, and so on); `python train.py --help` lists them,
+each field's comment as its help.
 """
 import json
 import math

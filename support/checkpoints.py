@@ -360,7 +360,10 @@ def from_pretrained(path: str, dtype=None, device=None) -> "Llama | Encoder":
             dtype = next((t.dtype for t in state.values() if t.is_floating_point()), torch.float32)
     elif path.endswith(".pt"):
         model = read_llama2c_pt(path)
-    else:
+    elif path.endswith(".bin"):
         model = read_llama2c_bin(path)
+    else:
+        raise ValueError(f"{path} is not a checkpoint: expected a model folder (config.json + weights), a llama2.c "
+                         f".bin export or .pt training checkpoint, or a model name ({', '.join(PUBLIC_FILES)})")
     return model.to(device=device, dtype=dtype).eval()
 

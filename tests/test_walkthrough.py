@@ -1,0 +1,69 @@
+"""WALKTHROUGH.md stays true: every code name, flag and file it cites exists, it uses the words a reader will meet
+in the code, and its sections match the assignment parts."""
+import builtins
+import importlib
+import re
+from dataclasses import fields
+
+from conftest import REPO
+
+import train
+
+TEXT = (REPO / "WALKTHROUGH.md").read_text()
+MODULES = ["model", "reft", "data", "train"] + [f"support.{p.stem}" for p in (REPO / "support").glob("*.py")
+                                                if p.stem != "__init__"]
+SOURCE = "\n".join((REPO / (m.replace(".", "/") + ".py")).read_text() for m in MODULES)
+
+
+def cited() -> list[str]:
+    """Backticked spans outside code blocks."""
+    prose = re.sub(r"```.*?```", "", TEXT, flags=re.S)
+    return re.findall(r"`([^`\n]+)`", prose)
+
+
+def resolves(name: str) -> bool:
+    """A dotted name whose head is one of our modules must resolve attribute by attribute; any other identifier
+    (a method, an attribute like A or cache.scales) must occur as a word in the core or support source."""
+    name = name.removesuffix("()")
+    if hasattr(builtins, name):
+        return True
+    parts = name.split(".")
+    for i in range(len(parts), 0, -1):
+        if ".".join(parts[:i]) in MODULES:
+            obj = importlib.import_module(".".join(parts[:i]))
+            for attr in parts[i:]:
+                if not hasattr(obj, attr):
+                    return False
+                obj = getattr(obj, attr)
+            return True
+    return all(re.search(rf"\b{re.escape(p)}\b", SOURCE) for p in parts)
+
+
+def test_every_cited_name_flag_and_file_exists():
+    flags = {"--" + f.name.replace("_", "-") for f in fields(train.TrainConfig)}
+    names = cited()
+    assert len(names) > 50
+    for span in names:
+        for word in span.split():
+            if word.startswith("--"):
+                assert word.split("=")[0] in flags, f"WALKTHROUGH.md cites flag {word}, which train.py lacks"
+        if re.fullmatch(r"[\w./-]+\.(py|md|txt|sh)", span) or span.startswith(("support/", "tests/", "assets/")):
+            assert (REPO / span).exists(), f"WALKTHROUGH.md cites {span}, which does not exist"
+        elif re.fullmatch(r"[\w.-]+\.(pt|json|jsonl|model|bin)", span):  # a file the code writes or reads
+            assert span in SOURCE, f"WALKTHROUGH.md cites the file name {span}, which the code never uses"
+        elif re.fullmatch(r"[A-Za-z_][\w.]*(\(\))?", span) and not re.fullmatch(r"f\d+(\+l\d+)?|l\d+", span):
+            assert resolves(span), f"WALKTHROUGH.md cites `{span}`, which is not in the code"
+
+
+def test_the_words_and_the_try_its():
+    for word in ("seam", "RoPE", "KV cache", "positions", "LoReFT", "DiReFT", "prefix", "PEDRO"):
+        assert word in TEXT, word
+    sections = re.findall(r"^## §(\d+)", TEXT, re.M)
+    assert sections == [str(i) for i in range(len(sections))]
+    for body in re.split(r"^## §\d+", TEXT, flags=re.M)[2:-1]:  # every part's section ends with a try-it
+        assert "**Try it.**" in body
+
+
+def test_a_cited_name_that_does_not_exist_is_caught():
+    assert not resolves("model.RMSNorm.no_such_thing") and not resolves("reft.NoSuchMethod")
+    assert not resolves("no_such_function_anywhere") and resolves("reft.LoReFT.R") and resolves("cache.scales")

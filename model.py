@@ -1,8 +1,10 @@
 """
-model.py: a LLaMA-style decoder and a BERT/RoBERTa-style encoder in plain PyTorch.
+model.py: a LLaMA-style decoder and a BERT/RoBERTa-style encoder in plain PyTorch (WALKTHROUGH.md §1-§5).
 
-Both load public weights (Hugging Face folders, llama2.c checkpoints) with `from_pretrained` and match the
-reference implementation (transformers) numerically; tests/test_model.py proves it.
+Read top to bottom: the configs, RMSNorm, RoPE, the attention mask and the KV cache, the decoder's attention, MLP,
+block and model, then the encoder, then sampling and `generate`. `from_pretrained` loads public weights (Hugging
+Face folders, llama2.c checkpoints; the formats live in support/checkpoints.py), and the logits equal transformers'
+(tests/test_model.py).
 
 The methods of reft.py act at three explicit call sites, marked "seam" below (grep for it):
   seam 1, residual stream after block l at chosen positions (LoReFT, DiReFT):  method.edit_residual(l, x, positions)
@@ -11,7 +13,7 @@ The methods of reft.py act at three explicit call sites, marked "seam" below (gr
 The model holds no hidden state: a KVCache object is passed to forward by the caller (see `generate`).
 """
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -19,13 +21,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 # -----------------------------------------------------------------------------------------------------------------
-# Configs: field names are exactly the Hugging Face config.json keys.
-
-
-def _from_dict(cls, d: dict):
-    """Build a config dataclass from a config.json dict, keeping only the keys the dataclass knows."""
-    known = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in d.items() if k in known})
+# Configs: field names are exactly the Hugging Face config.json keys (support/checkpoints.py reads config.json).
 
 
 @dataclass
@@ -63,15 +59,6 @@ class LlamaConfig:
         if rope_type not in ("default", "linear", "llama3"):
             raise ValueError(f"rope_scaling type {rope_type!r} is not supported (supported: default, linear, llama3)")
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "LlamaConfig":
-        d = dict(d)
-        if "rope_parameters" in d:  # transformers >= 5 nests rope_theta and the scaling under one key
-            rp = dict(d.pop("rope_parameters") or {})
-            d["rope_theta"] = rp.pop("rope_theta", d.get("rope_theta", 10000.0))
-            d["rope_scaling"] = rp if rp.get("rope_type", "default") != "default" else None
-        return _from_dict(cls, d)
-
 
 @dataclass
 class EncoderConfig:
@@ -107,10 +94,6 @@ class EncoderConfig:
     @property
     def max_length(self) -> int:
         return self.max_position_embeddings - self.position_offset
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "EncoderConfig":
-        return _from_dict(cls, d)
 
 
 # -----------------------------------------------------------------------------------------------------------------

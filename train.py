@@ -26,7 +26,7 @@ import torch.nn.functional as F
 import model as M
 import reft
 from data import collate, format_prompt, response_of, split_heldout, tokenize_examples
-from support import cli
+from support import cli, distributed
 from support.checkpoints import resolve
 from support.records import read_records
 from support.saving import atomic_torch_save, load, save
@@ -137,6 +137,7 @@ def end_token(model, tok) -> int:
 
 
 def train(cfg: TrainConfig) -> dict:
+    ddp = distributed.setup(cfg)  # under torchrun: this process's share of the work (support/distributed.py)
     torch.manual_seed(cfg.seed)
     model, tok = load_model_and_tokenizer(cfg)
     mcfg, eos = method_config(cfg, model), end_token(model, tok)
@@ -149,7 +150,8 @@ def train(cfg: TrainConfig) -> dict:
         train_ex, eval_ex = split_heldout(examples, cfg.eval_fraction, cfg.seed)
     method = reft.build_method(mcfg, model)
     method.train()
-    print(reft.count_parameters(method, model), file=sys.stderr)
+    if ddp.is_main:
+        print(reft.count_parameters(method, model), file=sys.stderr)
     # AdamW over the method's parameters only, none of them decayed (weight decay would shrink LoReFT's R);
     # foreach: one multi-tensor update rather than a Python loop over the tensors (PyTorch's default on CUDA)
     opt = torch.optim.AdamW([{"params": list(method.parameters()), "weight_decay": 0.0}], lr=cfg.lr, foreach=True)
@@ -166,32 +168,43 @@ def train(cfg: TrainConfig) -> dict:
             order = torch.randperm(len(train_ex), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
             batches = [order[i:i + cfg.batch_size].tolist() for i in range(0, len(order), cfg.batch_size)]
             for bi in range(start_batch if epoch == start_epoch else 0, len(batches), cfg.grad_accum):
+                shards = [ddp.shard(idx) for idx in batches[bi:bi + cfg.grad_accum]]  # all of idx in one process
                 group = [to_device(collate([train_ex[i] for i in idx], tok.pad_id, scheme), cfg.device)
-                         for idx in batches[bi:bi + cfg.grad_accum]]
-                # the step's loss is the mean over all its response tokens, whatever micro-batch they fall in
-                n_loss, loss = max(sum(num_loss_tokens(b) for b in group), 1), 0.0
+                         for idx in shards if idx]
+                # the step's loss is the mean over all its response tokens, whatever micro-batch (or process) has them
+                n_loss, loss = max(ddp.sum(sum(num_loss_tokens(b) for b in group)), 1), 0.0
                 for b in group:
                     with autocast(cfg.device):
                         part = lm_loss(model, method, b, reduction="sum") / n_loss
                     part.backward()
                     loss += part.detach()
                     tokens += int(b["attention_mask"].sum())
+                ddp.count(sum(map(len, shards)))
+                ddp.all_reduce_grads(method.parameters())  # summed over processes: the single-process gradient
                 torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.max_grad_norm)
                 opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
-                step += 1
-                if step % 10 == 0 or step == total:
+                step, loss = step + 1, ddp.sum(float(loss))  # the step's loss over all processes
+                if (step % 10 == 0 or step == total) and ddp.is_main:
                     el = time.time() - t0
                     eta = el / max(step - first_step, 1) * (total - step)
-                    print(f"epoch {epoch + 1}/{cfg.epochs} step {step}/{total} | loss {loss.item():.4f} | "
+                    print(f"epoch {epoch + 1}/{cfg.epochs} step {step}/{total} | loss {loss:.4f} | "
                           f"lr {sched.get_last_lr()[0]:.2e} | {tokens / el:,.0f} tok/s | eta {eta:.0f}s", file=sys.stderr)
-                stopped = "--max-steps" if cfg.max_steps and step >= cfg.max_steps else ctrl_c.reason
-                if stopped or (cfg.save_every > 0 and step % cfg.save_every == 0):  # a crash loses < save_every steps
-                    save_checkpoint(ckpt_path, method, opt, sched, mcfg, step, epoch, bi + len(group))
+                interrupted = ddp.sum(bool(ctrl_c.reason)) > 0  # every process stops at the same step
+                stopped = "--max-steps" if cfg.max_steps and step >= cfg.max_steps else "Ctrl-C" * interrupted
+                if ddp.is_main and (stopped or (cfg.save_every > 0 and step % cfg.save_every == 0)):  # a crash
+                    save_checkpoint(ckpt_path, method, opt, sched, mcfg, step, epoch, bi + len(shards))  # loses little
                 if stopped:
                     break
             if stopped:
                 break
-            save_checkpoint(ckpt_path, method, opt, sched, mcfg, step, epoch + 1, 0)
+            if ddp.is_main:
+                save_checkpoint(ckpt_path, method, opt, sched, mcfg, step, epoch + 1, 0)
+    summary = ddp.summary()  # under torchrun: how many examples each process trained on
+    ddp.close()
+    if not ddp.is_main:  # process 0 alone saves and evaluates
+        return {}
+    if summary:
+        print(summary, file=sys.stderr)
     save(cfg.out, method, mcfg, model, extra={"train_config": asdict(cfg)})
     if stopped:
         print(f"stopped after {step} steps ({stopped}); continue with the same command and --resume", file=sys.stderr)

@@ -13,12 +13,24 @@ import re
 import struct
 import sys
 import urllib.request
+from dataclasses import fields
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from model import Encoder, EncoderConfig, Llama, LlamaConfig
+
+def config_from_json(cls, d: dict):
+    """LlamaConfig or EncoderConfig from a config.json dict, keeping only the keys the dataclass knows."""
+    d = dict(d)
+    if "rope_parameters" in d:  # transformers >= 5 nests rope_theta and the scaling under one key
+        rp = dict(d.pop("rope_parameters") or {})
+        d["rope_theta"] = rp.pop("rope_theta", d.get("rope_theta", 10000.0))
+        d["rope_scaling"] = rp if rp.get("rope_type", "default") != "default" else None
+    known = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in d.items() if k in known})
+
 
 # -----------------------------------------------------------------------------------------------------------------
 # Renames from other formats live in these tables: (regex on the checkpoint name, our name).
@@ -346,10 +358,10 @@ def from_pretrained(path: str, dtype=None, device=None) -> "Llama | Encoder":
         model_type = d.get("model_type")
         if model_type == "llama":
             _check_llama_json(d, cfg_path)
-            model = Llama(LlamaConfig.from_dict(d))
+            model = Llama(config_from_json(LlamaConfig, d))
             load_weights(model, state, LLAMA_RENAMES, source=path)
         elif model_type in ("roberta", "bert"):
-            cfg = EncoderConfig.from_dict(d)
+            cfg = config_from_json(EncoderConfig, d)
             head = state.get("classifier.out_proj.weight", state.get("classifier.weight"))  # fine-tuned head?
             model = Encoder(cfg, num_labels=head.shape[0] if head is not None else 0)
             load_weights(model, state, ENCODER_RENAMES, ENCODER_IGNORED + (r"|^pooler\." if cfg.model_type ==

@@ -153,6 +153,9 @@ def composite(student: Path, part: str, into: Path) -> str | None:
 def run_worker(jobs: list[tuple[str, str, list[str]]]):
     """In a fresh process: for each (part, folder, test files), import the core from `folder` and run the tests.
     Prints one JSON line per part."""
+    results_out = os.fdopen(os.dup(1), "w")  # the JSON lines go here; anything a test or library prints to
+    os.dup2(2, 1)  # stdout (Python or C) goes to stderr instead, so it cannot be mistaken for a result
+    sys.stdout = sys.stderr
     import torch
     torch.set_num_threads(1)
     own = ("model", "reft", "data", "train", "support")
@@ -180,7 +183,7 @@ def run_worker(jobs: list[tuple[str, str, list[str]]]):
                         raise
                     results.append((f"{Path(f).stem}::{n}", False, short(e)))
         sys.path.remove(folder)
-        print(json.dumps({"part": part, "results": results}), flush=True)
+        print(json.dumps({"part": part, "results": results}), file=results_out, flush=True)
 
 
 def short(e: BaseException) -> str:
@@ -208,10 +211,11 @@ def run_jobs(jobs: list[tuple[str, str, list[str]]]) -> dict:
                 line = lines.get(timeout=PART_TIMEOUT)
             except queue.Empty:
                 line = "timeout"
-            if line and line.startswith("{"):
-                done = json.loads(line)
-                out[done["part"]] = done["results"]
-                todo = [j for j in todo if j[0] != done["part"]]
+            if line not in (None, "timeout"):
+                if line.startswith('{"part"'):
+                    done = json.loads(line)
+                    out[done["part"]] = done["results"]
+                    todo = [j for j in todo if j[0] != done["part"]]
                 continue
             part, _, files = todo.pop(0)  # the part running when the worker died or hung
             why = f"timed out after {PART_TIMEOUT} s" if line == "timeout" else "crashed the test process"

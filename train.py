@@ -127,6 +127,7 @@ def load_model_and_tokenizer(cfg: TrainConfig):
     dtype = torch.bfloat16 if cfg.device.startswith("cuda") else torch.float32
     model = M.from_pretrained(cfg.model, dtype=dtype, device=cfg.device)
     model.requires_grad_(False)  # the base stays frozen: only the method trains
+    cli.set_threads(model)  # one CPU thread for tiny models (REFT_THREADS overrides)
     return model, load_tokenizer(cli.tokenizer_path(cfg.model, cfg.tokenizer))
 
 
@@ -303,5 +304,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    cli.set_threads()
     main()

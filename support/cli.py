@@ -66,13 +66,14 @@ def task_of(cfg) -> str:
     return "classify" if cfg.data and is_classification_file(cfg.data) else "lm"
 
 
-def set_threads():
-    """CPU threads for the command lines: REFT_THREADS, or 1 when OMP_NUM_THREADS is unset and the machine has few
-    cores. Measured (README, Speed on a CPU): tiny models run fastest on one thread, and a busy 2-core machine slows
-    multi-threaded runs 3-15x; larger models gain from more threads (set REFT_THREADS)."""
+def set_threads(model=None):
+    """CPU threads for the command lines: REFT_THREADS if set; else OMP_NUM_THREADS's choice if set; else one thread
+    for a tiny model (under 5M parameters), where per-operation overhead dominates and a busy CPU made several
+    threads 3-15x slower (README, Speed on a CPU), and PyTorch's default (all cores) for anything larger."""
     if os.environ.get("REFT_THREADS"):
         torch.set_num_threads(int(os.environ["REFT_THREADS"]))
-    elif not os.environ.get("OMP_NUM_THREADS") and (os.cpu_count() or 1) <= 4:
+    elif not os.environ.get("OMP_NUM_THREADS") and model is not None and \
+            sum(p.numel() for p in model.parameters()) < 5_000_000:
         torch.set_num_threads(1)
 
 
@@ -196,9 +197,9 @@ def model_main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
-    set_threads()
     try:
         model = M.from_pretrained(args.checkpoint, device=args.device)
+        set_threads(model)
         if not isinstance(model, M.Llama):
             raise ValueError(f"{args.checkpoint} is an encoder ({model.config.model_type}); it cannot generate text")
         tok = load_tokenizer(tokenizer_path(args.checkpoint, args.tokenizer))

@@ -5,6 +5,9 @@ One record {"prompt", "response"} (or Alpaca's {"instruction", "input", "output"
     input_ids  = BOS + prompt tokens + response tokens + END        (the prompt is tokenised on its own)
     labels     = -100 on every prompt token, then the response tokens + END (the loss covers only these; ReFT eq. 4)
     prompt_len = number of prompt tokens (BOS included): what generation sees, and what the positions count
+With an instruct checkpoint's chat template (--template chat, or auto where the tokenizer has one) the prompt is the
+template's rendering of the record as one user turn (its own BOS, system block and assistant header; support/chat.py)
+and END is the token that ends the assistant's turn (<|eot_id|>, <|im_end|>).
 `collate` pads a list of them into tensors and asks reft.PositionScheme where a ReFT method edits each row.
 Reading files (support/records.py), tokenizers (support/tokenizer.py) and classification data
 (support/classify.py) live in the support package.
@@ -34,6 +37,7 @@ def format_prompt(record: dict, template: str) -> str:
     template "raw": no template: `prompt` verbatim (instruction records: instruction, a newline, the input).
     template "alpaca" / "plain": the TEMPLATES above, filled from instruction+input (or prompt as the instruction).
     template "auto": raw for prompt/response records, alpaca for instruction/input/output records.
+    (A chat template renders the "raw" text as the user's turn: `prompt_ids`.)
     """
     instruction = record.get("instruction", record.get("prompt", ""))
     inp = record.get("input") or ""
@@ -42,12 +46,28 @@ def format_prompt(record: dict, template: str) -> str:
     if template == "raw":
         return record["prompt"] if "prompt" in record else instruction + ("\n" + inp if inp else "")
     if template not in ("alpaca", "plain"):
-        raise ValueError(f"unknown template {template!r}: expected auto, raw, alpaca or plain")
+        raise ValueError(f"unknown template {template!r}: expected auto, raw, alpaca, plain or chat")
     return TEMPLATES[template if inp else template + "_no_input"].format(instruction=instruction, input=inp)
 
 
 def response_of(record: dict) -> str:
     return record["response"] if "response" in record else record["output"]
+
+
+def uses_chat(template: str, tok) -> bool:
+    """Whether prompts are the checkpoint's own chat template: --template chat, or auto when the tokenizer has one."""
+    if template == "chat" and getattr(tok, "chat", None) is None:
+        raise ValueError("--template chat: the tokenizer has no chat template (chat_template in tokenizer_config.json "
+                         "or chat_template.jinja, beside a tokenizer.json)")
+    return template in ("auto", "chat") and getattr(tok, "chat", None) is not None
+
+
+def prompt_ids(record: dict, tok, template: str) -> list[int]:
+    """BOS + the tokens of format_prompt(record, template); with a chat template, the tokens of the template's
+    rendering of the record (its "raw" text) as a user turn, which writes its own BOS (exactly one)."""
+    if uses_chat(template, tok):
+        return tok.chat.prompt_ids(format_prompt(record, "raw"))
+    return tok.encode(format_prompt(record, template), bos=True)
 
 
 def tokenize_examples(records, tok, template: str = "auto", max_length: int = 512, eos_id: int | None = None
@@ -59,8 +79,9 @@ def tokenize_examples(records, tok, template: str = "auto", max_length: int = 51
     alone fills max_length is skipped (counted)."""
     out, cut, skipped = [], 0, 0
     for rec in records:
-        prompt = tok.encode(format_prompt(rec, template), bos=True)
-        response = tok.encode(response_of(rec), bos=False) + [tok.eos_id if eos_id is None else eos_id]
+        prompt = prompt_ids(rec, tok, template)
+        end = tok.eos_id if eos_id is None else eos_id
+        response = tok.encode(response_of(rec), bos=False) + ([end] if end is not None else [])  # None: no end token
         ids = prompt + response
         if len(prompt) >= max_length:
             skipped += 1

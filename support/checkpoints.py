@@ -12,6 +12,7 @@ import os
 import re
 import struct
 import sys
+import urllib.parse
 import urllib.request
 from dataclasses import fields
 
@@ -250,16 +251,31 @@ EMBEDDED_FILES = {"stories260K": os.path.join(EMBEDDED, "stories260K.bin"),
 CACHE_DIR = os.environ.get("REFT_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "reft-from-scratch"))
 
 
+GATED = "gated: accept the license on the model page and set HF_TOKEN"
+
+
+def _request(url: str):
+    """url, or a Request carrying $HF_TOKEN when it is set and the url is the Hub's (gated and private repos). The
+    token goes only to huggingface.co, never to another host nor to the storage the Hub redirects to."""
+    token = os.environ.get("HF_TOKEN")
+    if not token or urllib.parse.urlsplit(url).hostname != "huggingface.co":
+        return url
+    request = urllib.request.Request(url)
+    request.add_unredirected_header("Authorization", f"Bearer {token}")
+    return request
+
+
 def download(url: str, dest: str) -> str:
     """Fetch url to dest once; later calls use the local copy. The bytes go to dest.part, renamed when complete, so
-    dest is never a partial file. HTTP 401/404 (no such file, or a private repo) -> FileNotFoundError; any other
+    dest is never a partial file. HTTP 403, or the Hub's X-Error-Code GatedRepo -> PermissionError (gated: accept the
+    license, set HF_TOKEN); HTTP 401/404 (no such file, or a private or gated repo) -> FileNotFoundError; any other
     failure -> ConnectionError."""
     if os.path.exists(dest):
         return dest
     print(f"downloading {url} -> {dest}", file=sys.stderr)
     part = dest + ".part"
     try:
-        with urllib.request.urlopen(url, timeout=30) as r:
+        with urllib.request.urlopen(_request(url), timeout=30) as r:
             os.makedirs(os.path.dirname(dest), exist_ok=True)  # only once the server answers: no empty folders
             size = r.headers.get("Content-Length")
             with open(part, "wb") as f:
@@ -270,8 +286,13 @@ def download(url: str, dest: str) -> str:
             raise OSError(f"connection closed after {got} of {size} bytes")
         os.replace(part, dest)
     except (OSError, http.client.HTTPException) as e:
-        if getattr(e, "code", None) in (401, 404):  # HTTPError: the Hub answers 401 for repos that do not exist
-            raise FileNotFoundError(f"{url}: HTTP {e.code} {e.reason} (no such file, or a private repo)") from None
+        code = getattr(e, "code", None)  # HTTPError; the Hub says why in an X-Error-Code header
+        if code == 403 or (code == 401 and (getattr(e, "headers", None) or {}).get("X-Error-Code") == "GatedRepo"):
+            token = " (HF_TOKEN sent)" if os.environ.get("HF_TOKEN") else ""
+            raise PermissionError(f"{url}: HTTP {code}{token}: {GATED}") from None
+        if code in (401, 404):  # the Hub answers 401 for repos that do not exist (and for gated ones without a token)
+            raise FileNotFoundError(f"{url}: HTTP {code} {e.reason} (no such file, or a private repo; if it is "
+                                    f"{GATED})") from None
         raise ConnectionError(f"cannot download {url} ({getattr(e, 'reason', None) or e}); offline? Download it "
                               "yourself and pass the local path instead") from None
     finally:
@@ -281,8 +302,9 @@ def download(url: str, dest: str) -> str:
 
 
 def download_repo(repo: str, folder: str) -> str:
-    """config.json, the weights (one file, or an index and its shards) and the tokenizer files of a Hugging Face
-    repo. They land in folder.part, renamed to folder when all are there: an existing folder is a complete copy."""
+    """config.json, the weights (one file, or an index and its shards), the tokenizer files (tokenizer_config.json
+    and its chat template included) and generation_config.json of a Hugging Face repo. They land in folder.part,
+    renamed to folder when all are there: an existing folder is a complete copy. $HF_TOKEN opens gated repos."""
     base, part = f"https://huggingface.co/{repo}/resolve/main/", folder + ".part"
     try:
         download(base + "config.json", os.path.join(part, "config.json"))
@@ -299,10 +321,11 @@ def download_repo(repo: str, folder: str) -> str:
         break
     else:
         raise FileNotFoundError(f"{repo} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
-    for name in ("tokenizer.model", "vocab.json", "merges.txt", "vocab.txt", "tokenizer_config.json"):
+    for name in ("tokenizer.model", "tokenizer.json", "vocab.json", "merges.txt", "vocab.txt", "tokenizer_config.json",
+                 "chat_template.jinja", "generation_config.json"):
         try:
             download(base + name, os.path.join(part, name))
-        except FileNotFoundError:  # a repo has one tokenizer format (or none): the others are absent
+        except FileNotFoundError:  # a repo has one tokenizer format (or none), maybe no template: the others are absent
             pass
     os.replace(part, folder)
     return folder
@@ -334,14 +357,22 @@ def resolve(name_or_path: str) -> str:
 
 
 def _check_llama_json(d: dict, source: str):
-    """config.json keys that LlamaConfig drops must not change the computation. attention_dropout (training only)
-    and pretraining_tp (a sliced matmul, numerically the same) are safe to drop; an active sliding window is not.
+    """config.json keys that LlamaConfig drops must not change the computation. attention_dropout (training only),
+    pretraining_tp (a sliced matmul, numerically the same) and Qwen2's max_window_layers (unused without a window) are
+    safe to drop; an active sliding window is not.
     (transformers' LlamaModel ignores sliding_window too, but a llama-typed checkpoint that sets it was trained to
     see only the last W tokens, which full attention does not reproduce on longer inputs.)"""
     window = d.get("sliding_window")
     if window is not None and d.get("use_sliding_window", True) and window < d.get("max_position_embeddings", 2048):
         raise ValueError(f"{source}: sliding_window={window} (attention to the last {window} tokens only) is not "
                          "supported; this model attends to the whole context")
+    # Qwen2 configs say whether their window is used (use_sliding_window, false in every released Qwen2/2.5 model);
+    # transformers >= 5 also lists each layer's kind in layer_types
+    sliding = d.get("model_type") == "qwen2" and d.get("use_sliding_window") or "sliding_attention" in (
+        d.get("layer_types") or [])
+    if sliding:
+        raise ValueError(f"{source}: use_sliding_window: true (sliding-window attention, sliding_window={window}) is "
+                         "not supported; this model attends to the whole context")
 
 
 def from_pretrained(path: str, dtype=None, device=None) -> "Llama | Encoder":
@@ -356,7 +387,7 @@ def from_pretrained(path: str, dtype=None, device=None) -> "Llama | Encoder":
         d = json.load(open(cfg_path))
         state = read_hf_weights(path)
         model_type = d.get("model_type")
-        if model_type == "llama":
+        if model_type in ("llama", "qwen2"):  # Qwen2/2.5: the LLaMA block with biases on q, k, v
             _check_llama_json(d, cfg_path)
             model = Llama(config_from_json(LlamaConfig, d))
             load_weights(model, state, LLAMA_RENAMES, source=path)
@@ -367,7 +398,7 @@ def from_pretrained(path: str, dtype=None, device=None) -> "Llama | Encoder":
             load_weights(model, state, ENCODER_RENAMES, ENCODER_IGNORED + (r"|^pooler\." if cfg.model_type ==
                                                                            "roberta" else ""), source=path)
         else:
-            raise ValueError(f"{cfg_path}: model_type {model_type!r} is not supported (llama, roberta, bert)")
+            raise ValueError(f"{cfg_path}: model_type {model_type!r} is not supported (llama, qwen2, roberta, bert)")
         if dtype is None:
             dtype = next((t.dtype for t in state.values() if t.is_floating_point()), torch.float32)
     elif path.endswith(".pt"):

@@ -58,8 +58,8 @@ def load_pyreft(folder: str, model, positions: str) -> tuple[Method, MethodConfi
         cfg = json.load(f)
     reps = _pyreft_representations(cfg, folder)
     mc = model.config
-    if getattr(mc, "model_type", None) != "llama":
-        raise ValueError(f"pyreft import supports LLaMA models only (component 'block_output'), "
+    if getattr(mc, "model_type", None) not in ("llama", "qwen2"):  # a decoder's block_output
+        raise ValueError(f"pyreft import supports LLaMA-style decoders only (component 'block_output'), "
                          f"not {getattr(mc, 'model_type', type(model).__name__)!r}")
     types = cfg.get("intervention_types")
     types = [types] * len(reps) if isinstance(types, str) else list(types or [])

@@ -6,7 +6,8 @@ encode(text, bos=True, eos=False) -> ids; encode_pair(a, b) -> (ids, token_type_
 special tokens (b None or "" means a single text, as in transformers); decode(ids) -> text without special
 tokens; attributes vocab_size, bos_id, eos_id, pad_id, unk_id. Special-token strings inside the text (a
 literal "<s>" or "[SEP]") are encoded as plain text, never as control tokens. load_tokenizer(path) picks:
-SentencePieceTokenizer (LLaMA, llama2.c), ByteBPETokenizer (RoBERTa, GPT-2) or WordPieceTokenizer (BERT).
+SentencePieceTokenizer (LLaMA, llama2.c), HFTokenizer (a tokenizer.json: Llama 3.x, Qwen2/2.5, SmolLM2, ...;
+support/hf_tokenizer.py), ByteBPETokenizer (RoBERTa, GPT-2) or WordPieceTokenizer (BERT).
 """
 from __future__ import annotations
 
@@ -234,8 +235,13 @@ class WordPieceTokenizer:
         return text.replace(" ##", "").strip()
 
 
-Tokenizer = SentencePieceTokenizer | ByteBPETokenizer | WordPieceTokenizer
-_EXPECTED = "expected tokenizer.model, vocab.json+merges.txt, or vocab.txt (or the path of a .model or vocab.txt file)"
+Tokenizer = SentencePieceTokenizer | ByteBPETokenizer | WordPieceTokenizer  # or support.hf_tokenizer.HFTokenizer
+_EXPECTED = ("expected tokenizer.model, vocab.json+merges.txt, vocab.txt or a BPE tokenizer.json (or the path of a "
+             ".model, vocab.txt or tokenizer.json file)")
+
+
+def _json_or_empty(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def _bert_lowercases(directory: Path) -> bool:
@@ -243,9 +249,11 @@ def _bert_lowercases(directory: Path) -> bool:
     return bool(json.loads(config.read_text(encoding="utf-8")).get("do_lower_case", True)) if config.is_file() else True
 
 
-def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
-    """The tokenizer stored at `path`: a SentencePiece .model file, a BERT vocab.txt, or a directory
-    holding tokenizer.model (SentencePiece), vocab.json + merges.txt (byte-level BPE) or vocab.txt (BERT)."""
+def load_tokenizer(path: str | os.PathLike) -> "Tokenizer | HFTokenizer":
+    """The tokenizer stored at `path`: a SentencePiece .model file, a tokenizer.json, a BERT vocab.txt, or a
+    directory holding (first found) tokenizer.model (SentencePiece), tokenizer.json (BPE: Llama 3, Qwen2, SmolLM2,
+    ...; support/hf_tokenizer.py), vocab.json + merges.txt (byte-level BPE) or vocab.txt (BERT)."""
+    from support.hf_tokenizer import HFTokenizer, is_supported  # it imports this file's byte table: import it late
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"tokenizer path does not exist: {p}")
@@ -254,13 +262,21 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
             return SentencePieceTokenizer(p)
         if p.name == "vocab.txt":
             return WordPieceTokenizer(p, _bert_lowercases(p.parent))
+        data = _json_or_empty(p) if p.suffix == ".json" and p.name != "vocab.json" else {}
+        if is_supported(data):  # a tokenizer.json (with the tokenizer_config.json beside it)
+            return HFTokenizer(data, _json_or_empty(p.parent / "tokenizer_config.json"), p.parent)
         raise ValueError(f"unsupported tokenizer file {p}: {_EXPECTED}")
     if (p / "tokenizer.model").is_file():
         return SentencePieceTokenizer(p / "tokenizer.model")
+    data = _json_or_empty(p / "tokenizer.json")  # before vocab.json + merges.txt: Qwen2 and SmolLM2 ship both, and
+    if is_supported(data):  # only tokenizer.json holds their rules (NFC, digit splits, added tokens)
+        return HFTokenizer(data, _json_or_empty(p / "tokenizer_config.json"), p)
     if (p / "vocab.json").is_file() and (p / "merges.txt").is_file():
         return ByteBPETokenizer(p / "vocab.json", p / "merges.txt")
     if (p / "vocab.txt").is_file():
         return WordPieceTokenizer(p / "vocab.txt", _bert_lowercases(p))
     if (p / "tokenizer.json").is_file():
-        raise ValueError(f"{p} has only tokenizer.json (HF fast-tokenizer format), which is not supported: {_EXPECTED}")
+        kind = data.get("model", {}).get("type") or "unknown"
+        raise ValueError(f"{p} has only tokenizer.json of a {kind} model, which is not supported (only BPE is): "
+                         f"{_EXPECTED}")
     raise ValueError(f"no tokenizer found in {p}: {_EXPECTED}")

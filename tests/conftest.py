@@ -96,3 +96,9 @@ def run_train_cli(*args) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("REFT_TEST_THREADS", "1")}
     return subprocess.run([sys.executable, str(REPO / "train.py"), *args], capture_output=True, text=True, cwd=REPO,
                           timeout=300, env=env)
+
+
+@pytest.fixture(autouse=True)
+def _no_hub_token(monkeypatch):
+    """A developer's HF_TOKEN must not change what the fake hubs see (tests that need one set it themselves)."""
+    monkeypatch.delenv("HF_TOKEN", raising=False)

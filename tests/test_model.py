@@ -871,7 +871,8 @@ def test_repo_id_download_with_shards_then_cache(tmp_path, monkeypatch):
     ours = from_pretrained("meta-llama/Llama-3.2-1B")
     cached = tmp_path / "cache" / "meta-llama--Llama-3.2-1B"
     assert list((tmp_path / "cache").iterdir()) == [cached]  # complete: the .part folder was renamed
-    assert {p.name for p in cached.iterdir()} == {"config.json", "model.safetensors.index.json"} | shards
+    assert {p.name for p in cached.iterdir()} == {"config.json", "model.safetensors.index.json",
+                                                  "generation_config.json"} | shards  # what the hub folder has
     monkeypatch.setattr(urllib.request, "urlopen", no_network)
     again = from_pretrained("meta-llama/Llama-3.2-1B")  # the cached folder, no network
     ids = tokens(2, 10, seed=45)

@@ -20,7 +20,6 @@ alike); medians.
 """
 import argparse
 import copy
-import itertools
 import json
 import os
 import statistics
@@ -37,6 +36,7 @@ import reft  # noqa: E402
 import train  # noqa: E402
 from data import collate  # noqa: E402
 from reft import PositionScheme  # noqa: E402
+from support.measure import static_bytes, sync, transient_peak  # noqa: E402  (compare.py counts alike)
 
 PRESETS = {  # tiny: the 1b shape scaled down (d_ff = 4d, 4 query heads per kv head, d_h 64, lm_head ~20% of FLOPs)
     "tiny": dict(cfg=dict(vocab_size=16384, hidden_size=512, intermediate_size=2048, num_hidden_layers=8,
@@ -47,14 +47,9 @@ PRESETS = {  # tiny: the 1b shape scaled down (d_ff = 4d, 4 query heads per kv h
                         num_attention_heads=32, num_key_value_heads=8, rope_theta=500000.0, tie_word_embeddings=True),
                batch=8, seq=512, dtype=torch.bfloat16),
 }
-METHODS = "loreft,direft,prefix,pedro"
-PEERS = {"loreft": "pyreft-loreft", "direft": "pyreft-direft", "prefix": "peft-prefix"}
+METHODS = "loreft,direft,prefix,pedro,lora"
+PEERS = {"loreft": "pyreft-loreft", "direft": "pyreft-direft", "prefix": "peft-prefix", "lora": "peft-lora"}
 INSIDE = {"loreft": False, "direft": False, "prefix": True, "pedro": True, "lora": True}  # acts inside a block?
-
-
-def sync(device):
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def leaf_hook(layers, layer: int, inside: bool):
@@ -90,39 +85,6 @@ def generation(device, new_tokens, fn):
             out = fn()
         assert out.shape[1] == new_tokens, out.shape
     return run
-
-
-def static_bytes(*objs):
-    """Unique storages of modules' parameters and buffers and of optimizers' state."""
-    seen = {}
-    for o in objs:
-        ts = [t for s in o.state.values() for t in s.values()] if isinstance(o, torch.optim.Optimizer) \
-            else itertools.chain(o.parameters(), o.buffers())
-        for t in ts:
-            if torch.is_tensor(t):
-                seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-    return sum(seen.values())
-
-
-def transient_peak(step, device):
-    """Peak bytes allocated during step() above what was allocated before it."""
-    if device.startswith("cuda"):
-        sync(device)
-        torch.cuda.reset_peak_memory_stats()
-        start = torch.cuda.memory_allocated()
-        step()
-        sync(device)
-        return torch.cuda.max_memory_allocated() - start
-    from torch._C._profiler import _EventType  # torch has no CPU allocator statistics: replay the allocations
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    events, todo = [], list(prof.profiler.kineto_results.experimental_event_tree())
-    while todo:
-        e = todo.pop()
-        todo += e.children
-        if e.tag == _EventType.Allocation:
-            events.append((e.start_time_ns, e.extra_fields.alloc_size))
-    return max(itertools.accumulate(s for _, s in sorted(events)), default=0)
 
 
 def count_syncs(step):
@@ -182,6 +144,7 @@ def main(argv=None):
     ap.add_argument("--layers", default="all")
     ap.add_argument("--positions", default="f7+l7")
     ap.add_argument("--rank", type=int, default=8)
+    ap.add_argument("--rotation", default="qr", choices=["qr", "householder"], help="LoReFT's R (train.py --rotation)")
     ap.add_argument("--num-virtual-tokens", type=int, default=8)
     ap.add_argument("--prompt-len", type=int, default=64, help="generation: prompt tokens")
     ap.add_argument("--new-tokens", type=int, default=64, help="generation: new tokens")
@@ -223,7 +186,8 @@ def main(argv=None):
                                                  leaf=(model.layers, low(m), INSIDE[m]))
         static[floor_of("ours", m)] = lambda: static_bytes(model)
         method = reft.build_method(reft.MethodConfig(method=m, layers=layers, positions=args.positions, rank=args.rank,
-                                                     num_virtual_tokens=args.num_virtual_tokens), model).train()
+                                                     num_virtual_tokens=args.num_virtual_tokens,
+                                                     rotation=args.rotation), model).train()
         b = batch if m in ("loreft", "direft") else {k: v for k, v in batch.items() if k != "positions"}
         opt = torch.optim.AdamW(method.parameters(), lr=1e-4, weight_decay=0.0)
         trains[m] = train_step(dev, lambda method=method, b=b: train.lm_loss(model, method, b), opt)

@@ -4,6 +4,12 @@ folder/reft_config.json (a readable copy) and train.py's checkpoint.pt. Every fi
 Files saved before the teaching refactor used other parameter names (LoReFT `rotation` for A and `learned_source`
 for W; DiReFT `learned_source` for W₁ and `proj` for W₂) and the "legacy" short-prompt position rule: `load` and
 `upgrade_state_dict` map them, so those runs reload with the same weights and the positions they were trained on.
+Files from before LoReFT's `rotation` option hold the QR parametrization (A) and load as rotation "qr".
+
+A LoReFT with rotation "householder" (torch's orthogonal parametrization, as pyreft) is saved as its materialised
+U = Rᵀ [d, r] (key `<intervention>.U`), not as the d×d base and the reflectors; `load` rebuilds the parametrization so
+that it yields exactly that U (`set_householder_rotation`). checkpoint.pt keeps the full state (base, reflectors,
+optimizer), so --resume continues the same trajectory.
 """
 import json
 import os
@@ -14,7 +20,7 @@ from copy import deepcopy
 
 import torch
 
-from reft import Method, MethodConfig, PrefixTuning, build_method
+from reft import LoReFT, Method, MethodConfig, PrefixTuning, build_method
 
 # old parameter name -> new, per method kind (the order of parameters, which optimizer states follow, is unchanged)
 RENAMED = {"loreft": [(r"\.rotation$", ".A"), (r"\.learned_source\.", ".W.")],
@@ -32,8 +38,29 @@ def upgrade_state_dict(state: dict, method: str) -> dict:
 
 
 def upgrade_config(config: dict) -> MethodConfig:
-    """A saved MethodConfig dict -> MethodConfig. Files from before `position_rule` existed used the legacy rule."""
-    return MethodConfig(**{"position_rule": "legacy", **config})
+    """A saved MethodConfig dict -> MethodConfig. Files from before `position_rule` existed used the legacy rule, and
+    those from before `rotation` existed the QR parametrization of LoReFT's R."""
+    return MethodConfig(**{"position_rule": "legacy", "rotation": "qr", **config})
+
+
+def householder_modules(method) -> dict:
+    """{state-dict prefix: module} of the LoReFT interventions that keep R by torch's orthogonal parametrization."""
+    return {name + ".": m for name, m in method.named_modules() if isinstance(m, LoReFT) and m.rotation == "householder"}
+
+
+@torch.no_grad()
+def set_householder_rotation(m: LoReFT, U: torch.Tensor):
+    """Make a Householder LoReFT's parametrization yield exactly U [d, r] (orthonormal columns): assigning m.U runs
+    torch's right_inverse (base = U completed to a d×d orthogonal matrix by QR of [U | randn], reflectors = −I, so that
+    U = base[:, :r]); base's first r columns, equal to U up to rounding, are then set to U itself, so R is reproduced
+    bit for bit and base stays orthogonal to float precision. (pyreft's reload writes U into a fresh random base,
+    which then is no longer orthogonal: methods.md §1.8.)"""
+    U = U.to(m.W.weight.dtype)
+    err = float((U.T @ U - torch.eye(U.shape[1], dtype=U.dtype)).abs().max())
+    if err > 1e-4:
+        raise ValueError(f"a Householder LoReFT's U must have orthonormal columns (max |UᵀU − I| = {err:.1e})")
+    m.U = U
+    m.parametrizations.U[0].base[:, :U.shape[1]] = U
 
 
 def base_fingerprint(model) -> dict:
@@ -63,6 +90,9 @@ def save(folder: str, method: Method, cfg: MethodConfig, model, extra: dict | No
     if isinstance(method, PrefixTuning) and method.mlp is not None:  # keep only P_θ (Li & Liang §4.3), as PEFT
         method, cfg = deepcopy(method).fold(), replace(cfg, prefix_projection=False)
     state = {k: v.detach().cpu() for k, v in method.state_dict().items()}
+    for prefix, m in householder_modules(method).items():  # the materialised U instead of the d×d base + reflectors
+        del state[prefix + "parametrizations.U.original"], state[prefix + "parametrizations.U.0.base"]
+        state[prefix + "U"] = m.U.detach().cpu()
     blob = {"config": asdict(cfg), "base": base_fingerprint(model), "state_dict": state, **(extra or {})}
     atomic_torch_save(blob, os.path.join(folder, "reft.pt"))
     with open(os.path.join(folder, "reft_config.json.tmp"), "w") as f:
@@ -84,8 +114,14 @@ def load(folder: str, model) -> tuple[Method, MethodConfig, dict]:
     if abs(base["embedding_checksum"] - mine["embedding_checksum"]) > 1e-3 * abs(base["embedding_checksum"]):
         raise ValueError(f"{folder} was trained on a different base model (embedding weights differ)")
     cfg = upgrade_config(blob["config"])
-    method = build_method(cfg, model)
-    method.load_state_dict(upgrade_state_dict(blob["state_dict"], cfg.method))
+    method = Method() if cfg.method == "none" else build_method(cfg, model)  # none: a classifier head alone
+    state = upgrade_state_dict(blob["state_dict"], cfg.method)
+    for prefix, m in householder_modules(method).items():
+        if prefix + "U" not in state:
+            raise ValueError(f"{folder}: no {prefix}U for the Householder LoReFT intervention (a damaged reft.pt?)")
+        set_householder_rotation(m, state.pop(prefix + "U"))
+        state.update({prefix + k: v for k, v in m.state_dict().items() if k.startswith("parametrizations.")})
+    method.load_state_dict(state)
     return method, cfg, blob
 
 

@@ -12,7 +12,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,7 @@ import model as M
 import reft
 import train
 from data import collate, split_heldout
+from support import cli
 from support.records import read_jsonl
 from support.saving import load, save
 
@@ -234,9 +235,16 @@ def classification_data(cfg, tok, max_length: int):
             encode_classification(eval_rec, tok, labels, max_length), task, labels)
 
 
+def build_method(mcfg, model) -> reft.Method:
+    """reft.build_method; --method none: no method (every seam a no-op), so the head alone trains on the frozen
+    encoder: the floor a method must beat."""
+    return reft.Method() if mcfg.method == "none" else reft.build_method(mcfg, model)
+
+
 def train_classifier(cfg) -> dict:
     """Train the method and a new head; keep (save) the epoch with the best task metric on the eval data."""
     torch.manual_seed(cfg.seed)
+    cfg = replace(cfg, lr=cfg.lr or train.DEFAULT_LR.get(cfg.method, 1e-2))  # --lr 0: the method's own (none: 1e-2)
     model, tok = train.load_model_and_tokenizer(cfg)
     if not isinstance(model, M.Encoder):
         if cfg.task == "auto":  # inferred from the data file: say why
@@ -246,8 +254,8 @@ def train_classifier(cfg) -> dict:
         raise ValueError(f"--task classify needs an encoder (RoBERTa or BERT); {cfg.model} is a decoder")
     train_ex, eval_ex, task, labels = classification_data(cfg, tok, min(cfg.max_length, model.config.max_length))
     mcfg = train.method_config(cfg, model, task="classify")
-    method = reft.build_method(mcfg, model)
-    print(reft.count_parameters(method, model), file=sys.stderr)
+    method = build_method(mcfg, model)
+    print(cli.count_parameters(method, model), file=sys.stderr)
     head = model.add_classifier(max(len(labels), 1)).float()  # fp32 head: it trains, as the method does
     print(f"head params: {sum(p.numel() for p in head.parameters()):,} (trained, counted apart)", file=sys.stderr)
     # the method is never decayed (it would shrink LoReFT's R); the head is, by --weight-decay
@@ -260,6 +268,7 @@ def train_classifier(cfg) -> dict:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: train.lr_factor(s, warm, total))
     params, scheme = list(method.parameters()) + list(head.parameters()), mcfg.position_scheme()
     best, t0, step = None, time.time(), 0
+    curve, eval_s = [], 0.0  # curve: (step, loss, training seconds) per optimizer step; eval_s: evaluation time
     for epoch in range(cfg.epochs):
         model.train(), method.train()  # dropout in the frozen encoder too, as pyreft's GLUE runs (model.train())
         order = torch.randperm(len(train_ex), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
@@ -274,11 +283,14 @@ def train_classifier(cfg) -> dict:
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
             step += 1
+            curve.append((step, loss.item(), time.time() - t0 - eval_s))
             if step % 100 == 0:  # elapsed and eta include the per-epoch evaluations so far
                 el = time.time() - t0
                 print(f"epoch {epoch + 1}/{cfg.epochs} step {step}/{total} | loss {loss.item():.4f} | "
                       f"{el:.0f}s | eta {el / step * (total - step):.0f}s", file=sys.stderr)
+        t_eval = time.time()
         metrics, preds = evaluate_classifier(model, tok, method, mcfg, eval_ex, labels, cfg)
+        eval_s += time.time() - t_eval
         print(f"epoch {epoch + 1}/{cfg.epochs} step {step}/{total} | loss {loss.item():.4f} | eval {metrics} | "
               f"{time.time() - t0:.0f}s", file=sys.stderr)
         if best is None or metrics[task["metric"]] > best[task["metric"]]:  # best epoch on the eval data: save it
@@ -289,7 +301,7 @@ def train_classifier(cfg) -> dict:
     print(f"saved {cfg.out}/reft.pt and predictions.jsonl (epoch {best['epoch']}, best {task['metric']})",
           file=sys.stderr)
     print(json.dumps(best))  # the last stdout line: metrics for scripts
-    return best
+    return best | {"curve": curve, "metric": task["metric"]}
 
 
 def evaluate_saved_classifier(cfg) -> dict:

@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 CORE = ["model.py", "reft.py", "data.py", "train.py"]
 # part -> its section of WALKTHROUGH.md (the message a blanked region raises points there)
 PARTS = {"rmsnorm": 2, "rope": 3, "attention": 4, "generate": 5, "lm_loss": 6, "positions": 7, "loreft": 8,
-         "direft": 9, "prefix": 10, "pedro": 11}
+         "direft": 9, "prefix": 10, "pedro": 11, "lora": 12}
 REFERENCES = ["transformers", "peft", "pyreft"]  # the independent references some part tests compare with
 # files a student copy must not hold: they contain the solution, or plausible variants of it
 NOT_FOR_STUDENTS = ["tests/test_assignment.py", "tests/fixtures/assignment"]

@@ -26,7 +26,7 @@ def test_bench_writes_every_method_and_ratio(tmp_path):
                 "--new-tokens", "4", "--no-peers", "--json", str(out)])
     result = json.loads(out.read_text())
     rows = {r["method"]: r for r in result["methods"]}
-    assert set(rows) == {"loreft", "direft", "prefix", "pedro"}
+    assert set(rows) == {"loreft", "direft", "prefix", "pedro", "lora"}
     for r in rows.values():
         assert KEYS <= set(r), KEYS - set(r)
         assert all(math.isfinite(r[k]) and r[k] > 0 for k in KEYS - {"method"}), r

@@ -273,6 +273,7 @@ def test_parameter_counts_are_reported_apart(minilm_dir, tmp_path, capsys):
     ("direft", {}, 0.9),  # measured 1.00
     ("pedro", {}, 0.9),  # measured 0.995
     ("prefix", {"lr": 5e-2}, 0.6),  # measured 0.81: the weakest here (chance: 0.5, the head alone: 0.75)
+    ("lora", {"lr": 3e-3}, 0.9),  # measured LORA_ACC
 ])
 def test_other_methods_train_and_beat_chance(minilm_dir, tmp_path, name, extra, min_acc):
     result = classify.train_classifier(_cfg(minilm_dir, tmp_path, method=name, **extra))
@@ -296,7 +297,8 @@ def test_regression_on_text_pairs(minilm_dir, tmp_path):
                     + "\n".join(rows) + "\n")
     result = classify.train_classifier(_cfg(minilm_dir, tmp_path / "run", data=str(path), eval_data="", epochs=2,
                                          eval_fraction=0.25, method="pedro"))
-    assert set(result) == {"pearson", "spearman", "n", "epoch"} and result["n"] == 16
+    assert set(result) == {"pearson", "spearman", "n", "epoch", "curve", "metric"} and result["n"] == 16
+    assert result["metric"] == "pearson" and len(result["curve"]) > 0
     assert all(math.isfinite(result[k]) for k in ("pearson", "spearman"))
     r, metrics = _cli("--model", str(minilm_dir), "--load", str(tmp_path / "run"), "--eval-data", str(path))
     assert r.returncode == 0 and set(metrics) == {"pearson", "spearman", "n"} and metrics["n"] == 64, r.stderr
@@ -341,6 +343,6 @@ def test_roberta_run_with_the_real_tokenizer(assets, tmp_path):
     trained = classify.train_classifier(train.parse_args([
         *common, "--data", str(path), "--eval-data", str(path), "--method", "loreft", "--positions", "f1", "--rank",
         "1", "--epochs", "2", "--out", str(tmp_path / "run"), "--device", "cpu"]))
-    assert set(trained) == {"accuracy", "f1", "mcc", "n", "epoch"} and trained["n"] == 24
+    assert set(trained) == {"accuracy", "f1", "mcc", "n", "epoch", "curve", "metric"} and trained["n"] == 24
     r, metrics = _cli(*common, "--load", str(tmp_path / "run"), "--eval-data", str(path))
     assert r.returncode == 0 and metrics == {k: trained[k] for k in metrics}, r.stderr

@@ -217,6 +217,9 @@ class _ShiftAt:
     def scales(self, layer, x, prompt_mask, cache):
         return None
 
+    def lora(self, layer, name, x, y):  # seam 4: no low-rank update
+        return y
+
     def edit_residual(self, layer, h, positions):
         rows = torch.arange(h.shape[0])
         h = h.clone()

@@ -6,10 +6,11 @@ block and model, then the encoder, then sampling and `generate`. `from_pretraine
 Face folders, llama2.c checkpoints; the formats live in support/checkpoints.py), and the logits equal transformers'
 (tests/test_model.py).
 
-The methods of reft.py act at three explicit call sites, marked "seam" below (grep for it):
+The methods of reft.py act at four explicit call sites, marked "seam" below (grep for it):
   seam 1, residual stream after block l at chosen positions (LoReFT, DiReFT):  method.edit_residual(l, x, positions)
   seam 2, extra keys/values inside attention (prefix-tuning):                   method.prefix_kv(l, batch_size)
   seam 3, element-wise scales on q, v and the FFN up projection (PEDRO):       method.scales(l, x, prompt_mask, cache)
+  seam 4, low-rank updates of the q, k, v projections (the LoRA baseline):      method.lora(l, name, x, y) -> y + ΔW x
 The model holds no hidden state: a KVCache object is passed to forward by the caller (see `generate`).
 """
 import math
@@ -48,8 +49,8 @@ class LlamaConfig:
     def __post_init__(self):
         self.num_key_value_heads = self.num_key_value_heads or self.num_attention_heads
         self.head_dim = self.head_dim or self.hidden_size // self.num_attention_heads
-        if self.model_type != "llama":
-            raise ValueError(f"model_type {self.model_type!r} is not supported by Llama (expected 'llama')")
+        if self.model_type not in ("llama", "qwen2"):  # Qwen2/2.5 is this block with biases on q, k and v
+            raise ValueError(f"model_type {self.model_type!r} is not supported by Llama (expected llama or qwen2)")
         if self.hidden_act != "silu":
             raise ValueError(f"hidden_act {self.hidden_act!r} is not supported (LLaMA uses 'silu')")
         if self.num_attention_heads % self.num_key_value_heads:
@@ -58,6 +59,10 @@ class LlamaConfig:
         rope_type = (self.rope_scaling or {}).get("rope_type", (self.rope_scaling or {}).get("type", "default"))
         if rope_type not in ("default", "linear", "llama3"):
             raise ValueError(f"rope_scaling type {rope_type!r} is not supported (supported: default, linear, llama3)")
+
+    @property
+    def qkv_bias(self) -> bool:  # HF's Qwen2Attention: biases on q/k/v, none on o, and no config key for it
+        return self.attention_bias or self.model_type == "qwen2"
 
 
 @dataclass
@@ -215,9 +220,9 @@ class LlamaAttention(nn.Module):
     def __init__(self, cfg: LlamaConfig, layer: int):
         super().__init__()
         self.layer, self.n_head, self.n_kv, self.hd = layer, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        self.q_proj = nn.Linear(cfg.hidden_size, self.n_head * self.hd, bias=cfg.attention_bias)
-        self.k_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.hd, bias=cfg.attention_bias)
-        self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.hd, bias=cfg.attention_bias)
+        self.q_proj = nn.Linear(cfg.hidden_size, self.n_head * self.hd, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.hd, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.hd, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(self.n_head * self.hd, cfg.hidden_size, bias=cfg.attention_bias)
 
     def forward(self, x, cos, sin, mask, cache, method, scales):
@@ -227,6 +232,8 @@ class LlamaAttention(nn.Module):
         ### BEGIN SOLUTION attention
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # [B, T, H*d_h], [B, T, H_kv*d_h] x2
         ### END SOLUTION attention
+        if method is not None:  # seam 4 (LoRA): y ← y + (α/r)·B A x on the chosen projections, others unchanged
+            q, k, v = (method.lora(self.layer, name, x, y) for name, y in zip("qkv", (q, k, v)))
         if scales is not None:  # seam 3 (PEDRO): prompt-dependent scales, q before RoPE; fp32 product, cast once
             q, v = (q * scales.q).to(q.dtype), (v * scales.v).to(v.dtype)
         ### BEGIN SOLUTION attention
@@ -381,6 +388,8 @@ class EncoderLayer(nn.Module):
         hd = d // self.n_head
         scales = None if method is None else method.scales(self.layer, x, prompt_mask, None)  # seam 3 (PEDRO)
         q, k, v = self.query(x), self.key(x), self.value(x)  # [B, T, d] each
+        if method is not None:  # seam 4 (LoRA)
+            q, k, v = (method.lora(self.layer, name, x, y) for name, y in zip("qkv", (q, k, v)))
         if scales is not None:  # fp32 product, cast once
             q, v = (q * scales.q).to(q.dtype), (v * scales.v).to(v.dtype)
         q, k, v = (t.view(B, T, self.n_head, hd).transpose(1, 2) for t in (q, k, v))  # [B, H, T, d_h]

@@ -1,14 +1,15 @@
 """
-reft.py: the four methods, each a plain nn.Module that model.py calls at one of its three seams.
+reft.py: the four methods and the LoRA baseline, each a plain nn.Module that model.py calls at one of its four seams.
 
   LoReFT, DiReFT (ReFT paper, arXiv 2404.03592 §3.2)  -> seam 1: the residual stream after chosen blocks, at chosen
                                                           prompt positions ("fA+lB", below), edited once at prefill
   PrefixTuning (Li & Liang, arXiv 2101.00190)          -> seam 2: learned keys/values inside every attention
   PEDRO (Xie et al., arXiv 2409.17834)                 -> seam 3: prompt-dependent scales on q, v and the FFN up
+  LoRA (Hu et al., arXiv 2106.09685), the baseline      -> seam 4: low-rank updates W + (α/r)·B A of q/k/v projections
 
 A method is passed to the model's forward (`model(ids, mask, method=m, positions=p)`); the base model stays frozen
-and only the method trains. Read top to bottom: the seam interface, the position rule, the methods, building one.
-Saving and loading live in support/saving.py, the pyreft import in support/pyreft_import.py.
+and only the method trains. Read top to bottom: the seam interface, the position rule, the methods, building one
+(saving and loading: support/saving.py; the pyreft import: support/pyreft_import.py).
 """
 import re
 from collections import namedtuple
@@ -22,7 +23,7 @@ ACTIVATIONS = {"linear": lambda x: x, "relu": F.relu, "gelu": F.gelu, "silu": F.
 
 
 class Method(nn.Module):
-    """The three seams model.py calls. Each method overrides the one it acts at; the others do nothing."""
+    """The four seams model.py calls. Each method overrides the one it acts at; the others do nothing."""
 
     num_virtual_tokens = 0  # prefix-tuning's P (keys the real tokens attend to before their own)
 
@@ -34,6 +35,9 @@ class Method(nn.Module):
 
     def scales(self, layer: int, x, prompt_mask, cache):  # seam 3: None or Scales(q, v, u), each [B, 1, width]
         return None
+
+    def lora(self, layer: int, name: str, x, y):  # seam 4: y [B, T, out] = projection `name` (q, k, v) of x [B, T, in]
+        return y
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -118,20 +122,26 @@ class LoReFT(nn.Module):
     fixed so that qr(U) = U for an orthonormal U. So R is orthonormal after every optimizer step, no d×d matrix is
     formed (pyreft uses torch's orthogonal parametrization, which keeps a d×d base per intervention) and weight decay
     on A cannot collapse it. The forward equals pyreft's LoreftIntervention for the same R, W, b; training dynamics
-    differ (a different parametrization of the same manifold).
-    Computes in the method's dtype (fp32), autocast off, whatever the model's dtype; returns Φ(h) in h's dtype.
-    Dropout acts on the whole output h + Δ, as in the paper's code; the activation (default identity) on W h + b.
+    differ. rotation="householder" keeps pyreft's (methods.md §1.2): R = Uᵀ, U = base·Householder(reflectors) [d, r]
+    with a d×d fp32 base buffer (benchmarks/README.md compares the two). Computes in fp32 (autocast off), returns h's
+    dtype; dropout acts on the whole output h + Δ, as the paper's code; the activation (default identity) on W h + b.
     """
 
-    def __init__(self, hidden_size: int, rank: int, dropout: float = 0.0, act_fn: str = "linear"):
+    def __init__(self, hidden_size: int, rank: int, dropout: float = 0.0, act_fn: str = "linear", rotation: str = "qr"):
         super().__init__()
-        self.A = nn.Parameter(nn.init.orthogonal_(torch.empty(hidden_size, rank)))  # free [d, r]; R = qr(A).Qᵀ
+        if rotation == "householder":  # as pyreft: U [d, r] initialised orthogonal, then torch's parametrization
+            self.U = nn.Parameter(nn.init.orthogonal_(torch.empty(hidden_size, rank)))
+            nn.utils.parametrizations.orthogonal(self, "U")  # trains reflectors [d, r] (init −I); base [d, d] fixed
+        else:
+            self.A = nn.Parameter(nn.init.orthogonal_(torch.empty(hidden_size, rank)))  # free [d, r]; R = qr(A).Qᵀ
         self.W = nn.Linear(hidden_size, rank)  # W [r, d] and b [r]
-        self.dropout, self.act = nn.Dropout(dropout), ACTIVATIONS[act_fn]
+        self.rotation, self.dropout, self.act = rotation, nn.Dropout(dropout), ACTIVATIONS[act_fn]
 
     @property
     def R(self):
         """[r, d], orthonormal rows."""
+        if self.rotation == "householder":
+            return self.U.T  # U: computed by the parametrization at every access
         ### BEGIN SOLUTION loreft
         q, r = torch.linalg.qr(self.A)  # q [d, r] orthonormal columns, r [r, r] upper triangular
         sign = torch.sign(torch.diagonal(r)).masked_fill(torch.diagonal(r) == 0, 1.0)  # unique QR: diag(r) > 0
@@ -140,7 +150,7 @@ class LoReFT(nn.Module):
 
     def forward(self, h):  # h [..., d] -> Φ(h) [..., d]
         with torch.autocast(h.device.type, enabled=False):
-            hf = h.to(self.A.dtype)  # the method's dtype: fp32 (fp64 in tests)
+            hf = h.to(self.W.weight.dtype)  # the method's dtype: fp32 (fp64 in tests)
             ### BEGIN SOLUTION loreft
             R = self.R  # [r, d]
             delta = (self.act(self.W(hf)) - hf @ R.T) @ R  # (W h + b − R h) [..., r] @ R [r, d]
@@ -151,12 +161,11 @@ class LoReFT(nn.Module):
 class DiReFT(nn.Module):
     """DiReFT, ReFT paper eq. (3):  Φ(h) = h + W₂ᵀ(W₁ h + b),  W₁, W₂ ∈ ℝ^{r×d}, no orthogonality, no −Rh
     ("LoRA on the hidden states"; pyreft's NodireftIntervention; pyreft's `DireftIntervention` is another, orthogonal
-    variant). fp32 compute and dropout on the whole output, as LoReFT."""
+    variant). fp32 compute and dropout on the whole output, as LoReFT; W₂ starts as nn.Linear's init (pyreft's)."""
 
     def __init__(self, hidden_size: int, rank: int, dropout: float = 0.0, act_fn: str = "linear"):
         super().__init__()
-        self.W2 = nn.Parameter(torch.empty(rank, hidden_size))  # W₂ [r, d]
-        nn.init.kaiming_uniform_(self.W2, a=5 ** 0.5)  # nn.Linear's default init, as pyreft's proj_layer
+        self.W2 = nn.Parameter(nn.init.kaiming_uniform_(torch.empty(rank, hidden_size), a=5 ** 0.5))  # W₂ [r, d]
         self.W1 = nn.Linear(hidden_size, rank)  # W₁ [r, d] and b [r]
         self.dropout, self.act = nn.Dropout(dropout), ACTIVATIONS[act_fn]
 
@@ -176,9 +185,9 @@ class ReFT(Method):
     """
 
     def __init__(self, kind: str, hidden_size: int, layers: list[int], rank: int, groups: int,
-                 dropout: float = 0.0, act_fn: str = "linear"):
+                 dropout: float = 0.0, act_fn: str = "linear", rotation: str = "qr"):
         super().__init__()
-        cls = {"loreft": LoReFT, "direft": DiReFT}[kind]
+        cls = {"loreft": lambda *a: LoReFT(*a, rotation=rotation), "direft": DiReFT}[kind]  # rotation: LoReFT's R
         self.layers, self.groups = list(layers), groups
         self.interventions = nn.ModuleDict({f"{l}_{g}": cls(hidden_size, rank, dropout, act_fn)
                                             for l in layers for g in range(groups)})
@@ -214,10 +223,9 @@ class PrefixTuning(Method):
     the real tokens RoPE positions P, P+1, ... and uses the prefix keys as stored, never rotated (as PEFT on HF
     LLaMA); the encoder keeps its own absolute positions and shows the prefix to every token.
 
-    projection=False: one tensor `prefix` [L, 2, H_kv, P, d_h] (2 = keys, values), initialised N(0, 0.02²). This is
-    our choice: small, so training starts near the base model (values ≈ 0 add ≈ nothing, keys ≈ 0 take a logit-0
-    share of attention), but random, because with all-equal slots every slot gets the same gradient and they stay
-    equal. PEFT's nn.Embedding default N(0, 1) puts O(1) keys and values into every layer at step 0.
+    projection=False: one tensor `prefix` [L, 2, H_kv, P, d_h] (2 = keys, values) ~ N(0, 0.02²), our choice: small, so
+    training starts near the base model, but random, as equal slots would get equal gradients and stay equal (PEFT's
+    nn.Embedding default N(0, 1) puts O(1) keys and values into every layer at step 0).
     projection=True: the paper's reparametrization (§4.3; reference code gpt2/train_control.py), P_θ = MLP(P′):
         P′ [P, H_kv·d_h] ~ N(0, 1) -> Linear(H_kv·d_h, hidden) -> tanh -> Linear(hidden, L·2·H_kv·d_h)
     with PyTorch's default inits; output feature f = ((2ℓ + kv)·H_kv + head)·d_h + j (PEFT's layout). `fold()`
@@ -365,23 +373,53 @@ class PEDRO(Method):
 
 
 # -----------------------------------------------------------------------------------------------------------------
+# Seam 4: LoRA, the baseline the comparisons measure the methods against
+
+
+class LoRA(Method):
+    """LoRA (Hu et al., arXiv 2106.09685 §4.1): y = W x + (α/r)·B A dropout(x) on chosen frozen projections, q and v by
+    default (§7.1). A kaiming-uniform, B = 0 (starts at the base); added at seam 4, never merged into W; fp32; = PEFT."""
+
+    def __init__(self, layers: list[int], shapes: dict, rank: int, alpha: float, dropout: float = 0.0):
+        super().__init__()  # shapes: projection (q, k, v) -> (in, out) features; one A, B per (layer, projection)
+        self.scaling, self.dropout = alpha / rank, nn.Dropout(dropout)
+        self.A, self.B = nn.ParameterDict(), nn.ParameterDict()  # keys "layer_projection": "0_q", "0_v", ...
+        for key, (n_in, n_out) in ((f"{l}_{t}", shape) for l in layers for t, shape in shapes.items()):
+            self.A[key] = nn.Parameter(nn.init.kaiming_uniform_(torch.empty(rank, n_in), a=5 ** 0.5))  # [r, in]
+            self.B[key] = nn.Parameter(torch.zeros(n_out, rank))  # B [out, r] = 0: B A = 0 at the start
+
+    def lora(self, layer: int, name: str, x, y):
+        A, B = self.A.get(f"{layer}_{name}"), self.B.get(f"{layer}_{name}")  # [r, in], [out, r]
+        if A is None:  # a projection (or layer) this LoRA leaves alone
+            return y
+        with torch.autocast(x.device.type, enabled=False):
+            ### BEGIN SOLUTION lora
+            delta = (self.dropout(x.to(A.dtype)) @ A.T @ B.T) * self.scaling  # [B, T, in] @ [in, r] @ [r, out]
+            return (y.to(A.dtype) + delta).to(y.dtype)
+            ### END SOLUTION lora
+
+
+# -----------------------------------------------------------------------------------------------------------------
 # Building a method from its config
 
 
 @dataclass
 class MethodConfig:
-    method: str = "loreft"  # loreft | direft | prefix | pedro
+    method: str = "loreft"  # loreft | direft | prefix | pedro | lora
     layers: list[int] = field(default_factory=list)  # block indices the method acts on (resolved, 0-based)
     positions: str = "f1+l1"  # ReFT: first A and last B prompt tokens
     share_weights: bool = False  # ReFT: one intervention for both position groups (the paper's "tied")
     position_rule: str = "paper"  # ReFT: short-prompt rule, "paper" or "legacy" (runs saved before it; reft_positions)
-    rank: int = 4  # ReFT: rank r of the subspace; PEDRO: bottleneck width of the vector generator
-    dropout: float = 0.0  # ReFT: dropout on the intervention output
+    rank: int = 4  # ReFT, LoRA: rank r of the subspace / update; PEDRO: bottleneck width of the vector generator
+    dropout: float = 0.0  # ReFT: dropout on the intervention output; LoRA: on its input x
     act_fn: str = "linear"  # ReFT: activation on W h + b
+    rotation: str = "qr"  # LoReFT: R as qr (Q factor of a free d×r matrix) or householder (pyreft's; LoReFT docstring)
     num_virtual_tokens: int = 8  # prefix-tuning: P
     prefix_projection: bool = False  # prefix-tuning: train through the paper's Embedding -> MLP(tanh) reparametrization
     prefix_hidden_size: int = 512  # prefix-tuning: the MLP's width
     pooling: str = "last"  # PEDRO: prompt pooling, last | first | mean ("last" on an encoder = its first token)
+    lora_alpha: float = 16.0  # LoRA: α, the update is scaled by α/r (PEFT's default α is 8)
+    lora_targets: str = "q,v"  # LoRA: the attention projections it updates, some of q, k, v
 
     def position_scheme(self) -> PositionScheme | None:
         """Where a ReFT method edits (for data.collate); None for the methods without positions."""
@@ -408,17 +446,17 @@ def parse_layers(spec, num_layers: int) -> list[int]:
 def build_method(cfg: MethodConfig, model) -> Method:
     """A freshly initialised method for `model` (a model.Llama or model.Encoder), on the model's device."""
     mc = model.config
-    if cfg.method in ("loreft", "direft", "pedro") and cfg.rank <= 0:
+    if cfg.method in ("loreft", "direft", "pedro", "lora") and cfg.rank <= 0:
         raise ValueError(f"rank must be positive, got {cfg.rank}")
     if cfg.method in ("loreft", "direft"):
-        if cfg.act_fn not in ACTIVATIONS:
-            raise ValueError(f"unknown act_fn {cfg.act_fn!r}: expected one of {', '.join(ACTIVATIONS)}")
-        if cfg.position_rule not in ("paper", "legacy"):
-            raise ValueError(f"unknown position_rule {cfg.position_rule!r}: expected paper or legacy")
+        for name, allowed in (("act_fn", ACTIVATIONS), ("position_rule", ("paper", "legacy")),
+                              ("rotation", ("qr", "householder"))):
+            if getattr(cfg, name) not in allowed:
+                raise ValueError(f"unknown {name} {getattr(cfg, name)!r}: expected one of {', '.join(allowed)}")
         scheme = cfg.position_scheme()
         m = ReFT(cfg.method, mc.hidden_size, cfg.layers, cfg.rank,
-                 num_groups(scheme.first, scheme.last, scheme.share_weights), cfg.dropout, cfg.act_fn)
-    elif cfg.method in ("prefix", "pedro"):
+                 num_groups(scheme.first, scheme.last, scheme.share_weights), cfg.dropout, cfg.act_fn, cfg.rotation)
+    elif cfg.method in ("prefix", "pedro", "lora"):
         n_kv = getattr(mc, "num_key_value_heads", mc.num_attention_heads)  # EncoderConfig: no GQA, no head_dim
         head_dim = getattr(mc, "head_dim", mc.hidden_size // mc.num_attention_heads)
         if cfg.method == "prefix":
@@ -426,19 +464,16 @@ def build_method(cfg: MethodConfig, model) -> Method:
                 raise ValueError(f"num_virtual_tokens must be positive, got {cfg.num_virtual_tokens}")
             m = PrefixTuning(mc.num_hidden_layers, n_kv, head_dim, cfg.num_virtual_tokens, cfg.prefix_projection,
                              cfg.prefix_hidden_size)
+        elif cfg.method == "lora":
+            out = {"q": mc.num_attention_heads * head_dim, "k": n_kv * head_dim, "v": n_kv * head_dim}  # features
+            if not set(targets := cfg.lora_targets.split(",")) <= set(out):
+                raise ValueError(f"bad lora_targets {cfg.lora_targets!r}: expected some of q,k,v (e.g. q,v)")
+            m = LoRA(cfg.layers, {t: (mc.hidden_size, out[t]) for t in targets}, cfg.rank, cfg.lora_alpha, cfg.dropout)
         else:
             encoder = mc.model_type in ("roberta", "bert")  # summarises in its first token, <s> / [CLS]
             pooling = "first" if encoder and cfg.pooling == "last" else cfg.pooling
             m = PEDRO(parse_layers(cfg.layers, mc.num_hidden_layers), mc.hidden_size, mc.num_attention_heads * head_dim,
                       n_kv * head_dim, mc.intermediate_size, cfg.rank, pooling)
     else:
-        raise ValueError(f"unknown method {cfg.method!r}: expected loreft, direft, prefix or pedro")
+        raise ValueError(f"unknown method {cfg.method!r}: expected loreft, direft, prefix, pedro or lora")
     return m.to(next(model.parameters()).device)
-
-
-def count_parameters(method: nn.Module, model: nn.Module) -> str:
-    """'trainable params: 1,234 || base params: 260,032 || trainable%: 0.4745' (the % is over the base, as the
-    ReFT paper reports it)."""
-    n = sum(p.numel() for p in method.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    return f"trainable params: {n:,} || base params: {total:,} || trainable%: {100 * n / total:.4f}"

@@ -18,15 +18,15 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
 
 import model as M
 import reft
-from data import collate, format_prompt, response_of, split_heldout, tokenize_examples
-from support import cli, distributed
+from data import collate, prompt_ids, response_of, split_heldout, tokenize_examples, uses_chat
+from support import cli, compare, distributed
 from support.checkpoints import resolve
 from support.records import read_records
 from support.saving import atomic_torch_save, load, save
@@ -40,23 +40,26 @@ class TrainConfig:
     data: str = ""  # training records (.jsonl/.json; classification: .jsonl/.csv/.tsv)
     eval_data: str = ""  # held-out records (default: eval_fraction of --data)
     eval_fraction: float = 0.1  # share of --data held out when --eval-data is not given
-    template: str = "auto"  # prompt template: auto | raw | alpaca | plain (data.format_prompt)
+    template: str = "auto"  # prompt template: auto | raw | alpaca | plain | chat (the checkpoint's; data.prompt_ids)
     task: str = "auto"  # lm | classify | auto (classify for .csv/.tsv or labelled .jsonl data on an encoder)
     max_examples: int = 0  # classify: at most N examples from each data file (a seeded sample; 0 = all)
-    method: str = "loreft"  # loreft | direft | prefix | pedro
+    method: str = "loreft"  # loreft | direft | prefix | pedro | lora; several, comma-separated: a comparison
     layers: str = "all"  # "all" or comma-separated block indices
     positions: str = ""  # ReFT: fA+lB = first A and last B prompt tokens; "" = f3+l3 (lm) or f3 (classify)
     share_weights: bool = False  # ReFT: one intervention for both position groups (tied)
-    rank: int = 8  # ReFT rank r; PEDRO bottleneck width
-    dropout: float = 0.0  # ReFT dropout on the intervention output
+    rank: int = 8  # ReFT and LoRA rank r; PEDRO bottleneck width
+    dropout: float = 0.0  # ReFT dropout on the intervention output; LoRA dropout on its input
     act_fn: str = "linear"  # ReFT activation on W h + b: linear | relu | gelu | silu | tanh
+    rotation: str = "qr"  # LoReFT's R: qr (a free d×r matrix's Q factor) | householder (pyreft's parametrization)
     num_virtual_tokens: int = 8  # prefix-tuning: P
     prefix_projection: bool = False  # prefix-tuning: train through the paper's MLP reparametrization
     pooling: str = "last"  # PEDRO pooling: last | mean
+    lora_alpha: float = 16.0  # LoRA: α; the update B A is scaled by α/r
     epochs: int = 10  # passes over the training data
-    lr: float = 1e-2  # peak learning rate (for the tiny model; the ReFT paper used 9e-4 on LLaMA-7B)
+    lr: float = 0.0  # peak learning rate; 0 = the method's DEFAULT_LR (the ReFT paper used 9e-4 on LLaMA-7B)
     weight_decay: float = 0.0  # AdamW weight decay of a classification head (never of the method)
     warmup: float = 0.1  # fraction of steps with linear warm-up, then linear decay to 0
+    constant_lr: bool = False  # keep --lr at every step: no warm-up, no decay (transformers' "constant" schedule)
     batch_size: int = 8  # examples per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step
     max_grad_norm: float = 1.0  # gradient clipping
@@ -64,6 +67,8 @@ class TrainConfig:
     max_steps: int = 0  # stop after this many optimizer steps (0 = all); the run can be resumed later
     save_every: int = 0  # also write checkpoint.pt every N optimizer steps (0 = only at the end of each epoch)
     seed: int = 0  # initialisation, shuffling and the held-out split
+    seeds: int = 0  # compare: runs per method, seeds seed, seed+1, ... (0 = 3 when comparing methods, else 1)
+    lr_grid: str = ""  # compare: comma-separated lrs; each method first keeps its best on the eval data
     out: str = "runs/reft"  # output folder: reft.pt (the method) and checkpoint.pt (to resume)
     resume: bool = False  # continue from out/checkpoint.pt
     overwrite: bool = False  # replace a run already saved in --out
@@ -78,6 +83,7 @@ class TrainConfig:
 QUICKSTART = ["--model", "stories260K", "--data", "examples/steer_train.jsonl", "--eval-data",
               "examples/steer_eval.jsonl", "--method", "loreft", "--out", "runs/steer"]
 DEFAULT_POSITIONS = {"lm": "f3+l3", "classify": "f3"}  # lm: the quick start's; classify: the paper's GLUE "p3"
+DEFAULT_LR = {"loreft": 1e-2, "direft": 1e-2, "prefix": 1e-2, "pedro": 1e-2, "lora": 3e-3}  # README "Compare methods"
 
 
 def parse_args(argv=None) -> TrainConfig:
@@ -87,9 +93,9 @@ def parse_args(argv=None) -> TrainConfig:
 def method_config(cfg: TrainConfig, model, task: str = "lm") -> reft.MethodConfig:
     return reft.MethodConfig(method=cfg.method, layers=reft.parse_layers(cfg.layers, model.config.num_hidden_layers),
                              positions=cfg.positions or DEFAULT_POSITIONS[task], share_weights=cfg.share_weights,
-                             rank=cfg.rank, dropout=cfg.dropout, act_fn=cfg.act_fn,
+                             rank=cfg.rank, dropout=cfg.dropout, act_fn=cfg.act_fn, rotation=cfg.rotation,
                              num_virtual_tokens=cfg.num_virtual_tokens, prefix_projection=cfg.prefix_projection,
-                             pooling=cfg.pooling)
+                             pooling=cfg.pooling, lora_alpha=cfg.lora_alpha)
 
 
 def lm_loss(model, method, batch, reduction: str = "mean"):
@@ -131,17 +137,26 @@ def load_model_and_tokenizer(cfg: TrainConfig):
     return model, load_tokenizer(cli.tokenizer_path(cfg.model, cfg.tokenizer))
 
 
-def end_token(model, tok) -> int:
-    """The model's end-of-sequence id (llama2.c models end stories with BOS), else the tokenizer's."""
+def end_token(model, tok, template: str = "auto") -> int | None:
+    """The token that ends a response: a chat template's end of turn (<|eot_id|>, <|im_end|>; not eos_token_id[0],
+    <|end_of_text|> in Llama-3.2-Instruct), else the model's end-of-sequence id (llama2.c models end stories with BOS),
+    else the tokenizer's; None (responses unterminated) if there is none."""
+    if uses_chat(template, tok):
+        return tok.chat.end_id
     eos = getattr(model.config, "eos_token_id", None)
-    return (eos[0] if isinstance(eos, list) else eos) if eos is not None else tok.eos_id
+    end = (eos[0] if isinstance(eos, list) else eos) if eos is not None else tok.eos_id
+    if end is None:
+        print("warning: no end token (config.json eos_token_id, tokenizer_config.json eos_token): responses are not "
+              "terminated and generation runs to --max-new-tokens", file=sys.stderr)
+    return end
 
 
 def train(cfg: TrainConfig) -> dict:
     ddp = distributed.setup(cfg)  # under torchrun: this process's share of the work (support/distributed.py)
     torch.manual_seed(cfg.seed)
+    cfg = replace(cfg, lr=cfg.lr or DEFAULT_LR.get(cfg.method, 0.0))  # --lr 0: the method's own
     model, tok = load_model_and_tokenizer(cfg)
-    mcfg, eos = method_config(cfg, model), end_token(model, tok)
+    mcfg, eos = method_config(cfg, model), end_token(model, tok, cfg.template)
     ckpt_path, mcfg = cli.check_out_folder(cfg, mcfg)  # refuses to overwrite or mix up a saved run
     examples = tokenize_examples(read_records(cfg.data), tok, cfg.template, cfg.max_length, eos)
     if cfg.eval_data:
@@ -152,18 +167,18 @@ def train(cfg: TrainConfig) -> dict:
     method = reft.build_method(mcfg, model)
     method.train()
     if ddp.is_main:
-        print(reft.count_parameters(method, model), file=sys.stderr)
+        print(cli.count_parameters(method, model), file=sys.stderr)
     # AdamW over the method's parameters only, none of them decayed (weight decay would shrink LoReFT's R);
     # foreach: one multi-tensor update rather than a Python loop over the tensors (PyTorch's default on CUDA)
     opt = torch.optim.AdamW([{"params": list(method.parameters()), "weight_decay": 0.0}], lr=cfg.lr, foreach=True)
     total = math.ceil(len(train_ex) / (cfg.batch_size * cfg.grad_accum)) * cfg.epochs
     warm = int(cfg.warmup * total)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warm, total))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 if cfg.constant_lr else lr_factor(s, warm, total))
     step, start_epoch, start_batch = 0, 0, 0
     if cfg.resume:  # everything needed to continue exactly where the run stopped
         step, start_epoch, start_batch = cli.load_checkpoint(ckpt_path, method, opt, sched, mcfg.method)
     scheme = mcfg.position_scheme()
-    t0, tokens, stopped, first_step = time.time(), 0, "", step
+    t0, tokens, stopped, first_step, curve = time.time(), 0, "", step, []  # curve: (step, loss, seconds) per step
     with cli.StopOnCtrlC() as ctrl_c:  # Ctrl-C finishes the step in flight, saves, and says how to resume
         for epoch in range(start_epoch, cfg.epochs):
             order = torch.randperm(len(train_ex), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
@@ -185,6 +200,7 @@ def train(cfg: TrainConfig) -> dict:
                 torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.max_grad_norm)
                 opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
                 step, loss = step + 1, ddp.sum(float(loss))  # the step's loss over all processes
+                curve.append((step, loss, time.time() - t0))
                 if (step % 10 == 0 or step == total) and ddp.is_main:
                     el = time.time() - t0
                     eta = el / max(step - first_step, 1) * (total - step)
@@ -214,7 +230,7 @@ def train(cfg: TrainConfig) -> dict:
     show_examples(model, tok, method, mcfg, eval_ex[:3], result.pop("preds", []), cfg)
     print(f"saved {cfg.out}/reft.pt", file=sys.stderr)
     print(json.dumps({k: round(v, 4) for k, v in result.items()}))  # the last stdout line: metrics for scripts
-    return result
+    return result | {"curve": curve}
 
 
 def save_checkpoint(path, method, opt, sched, mcfg, step, epoch, batch):
@@ -224,9 +240,10 @@ def save_checkpoint(path, method, opt, sched, mcfg, step, epoch, batch):
 
 
 @torch.no_grad()
-def generate_ids(model, tok, method, mcfg, examples, max_new_tokens, device, batch_size=32) -> list[list[int]]:
+def generate_ids(model, tok, method, mcfg, examples, max_new_tokens, device, template: str = "auto",
+                 batch_size=32) -> list[list[int]]:
     """Greedy continuations (token ids, up to the end token) of the examples' prompts, in left-padded batches."""
-    outs, end = [], end_token(model, tok)
+    outs, end = [], end_token(model, tok, template)
     for i in range(0, len(examples), batch_size):
         b = to_device(collate(examples[i:i + batch_size], tok.pad_id, mcfg.position_scheme(), padding_side="left",
                               with_labels=False), device)
@@ -245,7 +262,7 @@ def evaluate(model, tok, method, mcfg, examples, cfg) -> dict:
         for i in range(0, len(examples), cfg.batch_size):
             b = to_device(collate(examples[i:i + cfg.batch_size], tok.pad_id, mcfg.position_scheme()), cfg.device)
             loss, n = loss + lm_loss(model, method, b, reduction="sum").item(), n + num_loss_tokens(b)
-        ids = generate_ids(model, tok, method, mcfg, examples, cfg.max_new_tokens, cfg.device)
+        ids = generate_ids(model, tok, method, mcfg, examples, cfg.max_new_tokens, cfg.device, cfg.template)
     preds = [tok.decode(p) for p in ids]
     refs = [response_of(e["record"]) for e in examples]
     em = sum(p.strip() == r.strip() for p, r in zip(preds, refs)) / max(len(refs), 1)
@@ -255,7 +272,7 @@ def evaluate(model, tok, method, mcfg, examples, cfg) -> dict:
 
 def show_examples(model, tok, method, mcfg, examples, preds, cfg):
     """A few held-out prompts with the frozen model's continuation and the trained method's."""
-    base = generate_ids(model, tok, None, mcfg, examples, cfg.max_new_tokens, cfg.device)
+    base = generate_ids(model, tok, None, mcfg, examples, cfg.max_new_tokens, cfg.device, cfg.template)
     for e, b, p in zip(examples, base, preds):
         print(f"prompt: {tok.decode(e['input_ids'][:e['prompt_len']])!r}\n  base:   {tok.decode(b)!r}\n"
               f"  {mcfg.method}: {p!r}")
@@ -274,12 +291,13 @@ def generate_with_saved(cfg: TrainConfig):
     prompts = cli.read_prompts(cfg)
     examples = []
     for text in prompts:
-        ids = tok.encode(format_prompt({"prompt": text}, template), bos=True)
+        ids = prompt_ids({"prompt": text}, tok, template)
         examples.append({"input_ids": ids, "prompt_len": len(ids)})
     new = cli.new_tokens_within(cfg, max(len(e["input_ids"]) for e in examples))  # --max-length caps prompt + new
-    outs = generate_ids(model, tok, method, mcfg, examples, new, cfg.device)
+    outs = generate_ids(model, tok, method, mcfg, examples, new, cfg.device, template)
+    whole = not (cfg.prompts_file or uses_chat(template, tok))  # a chat's reply is not a continuation of its text
     for text, e, ids in zip(prompts, examples, outs):  # decode prompt + continuation together: exact spacing
-        print(tok.decode(e["input_ids"] + ids) if not cfg.prompts_file else f"{text}\t{tok.decode(ids)}")
+        print(tok.decode(e["input_ids"] + ids) if whole else f"{text}\t{tok.decode(ids)}")
 
 
 def main(argv=None):
@@ -290,7 +308,9 @@ def main(argv=None):
     cfg = parse_args(argv)
     try:
         task = cli.task_of(cfg)
-        if task == "classify":  # the encoder's loop, metrics and data formats: support/classify.py
+        if "," in cfg.method or cfg.seeds > 1 or cfg.lr_grid:  # several methods, seeds or lrs: support/compare.py
+            compare.compare(cfg, task)
+        elif task == "classify":  # the encoder's loop, metrics and data formats: support/classify.py
             from support.classify import evaluate_saved_classifier, train_classifier
             evaluate_saved_classifier(cfg) if cfg.load else train_classifier(cfg)
         elif cfg.load:
@@ -299,7 +319,7 @@ def main(argv=None):
             train(cfg)
         else:
             raise ValueError("nothing to do: pass --data FILE to train, or --load DIR --prompt TEXT to generate")
-    except (ValueError, OSError) as e:  # bad input: one clear line, no traceback
+    except (ValueError, OSError, ImportError) as e:  # bad input, or jinja2 missing: one clear line
         sys.exit(f"error: {e}")
 
 

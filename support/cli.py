@@ -1,7 +1,8 @@
-"""The command lines' plumbing: flags from TrainConfig's comments, the model.py CLI, checks on --out and --resume,
-Ctrl-C, threads. train.py and model.py call these; nothing here is needed to understand a method."""
+"""The command lines' plumbing: flags from TrainConfig's comments, parameter counts, the model.py CLI, checks on --out
+and --resume, Ctrl-C, threads. train.py and model.py call these; nothing here is needed to understand a method."""
 import argparse
 import inspect
+import json
 import os
 import re
 import signal
@@ -39,6 +40,14 @@ def parse_args(config_cls, argv):
         else:
             p.add_argument(flag, type=f.type, default=f.default, help=f"{text} (default: {f.default!r})")
     return config_cls(**vars(p.parse_args(argv)))
+
+
+def count_parameters(method: torch.nn.Module, model: torch.nn.Module) -> str:
+    """'trainable params: 1,234 || base params: 260,032 || trainable%: 0.4745' (the % is over the base, as the
+    ReFT paper reports it)."""
+    n = sum(p.numel() for p in method.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return f"trainable params: {n:,} || base params: {total:,} || trainable%: {100 * n / total:.4f}"
 
 
 def tokenizer_path(model: str, tokenizer: str) -> str:
@@ -180,7 +189,16 @@ class StopOnCtrlC:
 
 
 # -----------------------------------------------------------------------------------------------------------------
-# python model.py CHECKPOINT [--tokenizer FILE] --prompt TEXT --max-new-tokens N [--temperature T --top-p P]
+# python model.py CHECKPOINT [--tokenizer FILE] --prompt TEXT [--chat] --max-new-tokens N [--temperature T --top-p P]
+
+
+def generation_eos(checkpoint: str, model) -> list[int]:
+    """The ids generation stops at: generation_config.json's eos_token_id in a HF folder (what transformers' generate
+    stops at; Llama-3.2-Instruct lists <|end_of_text|>, <|eom_id|> and <|eot_id|>), else config.json's."""
+    path = os.path.join(resolve(checkpoint), "generation_config.json")
+    eos = json.load(open(path)).get("eos_token_id") if os.path.isfile(path) else None
+    eos = model.config.eos_token_id if eos is None else eos
+    return [eos] if isinstance(eos, int) else list(eos or [])
 
 
 def model_main(argv=None):
@@ -191,6 +209,8 @@ def model_main(argv=None):
     p.add_argument("checkpoint", help="HF folder, llama2.c .bin/.pt, or a public name such as stories260K")
     p.add_argument("--tokenizer", default="", help="tokenizer file or folder (default: the checkpoint's folder)")
     p.add_argument("--prompt", default="", help="text to continue; empty = start from BOS")
+    p.add_argument("--chat", action="store_true", help="the prompt as a user turn in the checkpoint's chat template "
+                   "(tokenizer_config.json); prints the assistant's reply alone")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0)
@@ -203,10 +223,20 @@ def model_main(argv=None):
         if not isinstance(model, M.Llama):
             raise ValueError(f"{args.checkpoint} is an encoder ({model.config.model_type}); it cannot generate text")
         tok = load_tokenizer(tokenizer_path(args.checkpoint, args.tokenizer))
-        ids = torch.tensor([tok.encode(args.prompt, bos=True)], device=args.device)
+        eos = generation_eos(args.checkpoint, model)
+        if args.chat:
+            if getattr(tok, "chat", None) is None:
+                raise ValueError("--chat: the tokenizer has no chat template (chat_template in "
+                                 "tokenizer_config.json or chat_template.jinja, beside a tokenizer.json)")
+            prompt, eos = tok.chat.prompt_ids(args.prompt), [tok.chat.end_id] + eos
+        else:  # raw text, as a base model continues it
+            prompt = tok.encode(args.prompt, bos=True)
+        if not prompt:
+            raise ValueError("an empty --prompt needs a BOS token to start from, and this tokenizer adds none")
+        ids = torch.tensor([prompt], device=args.device)
         g = torch.Generator(device=args.device).manual_seed(args.seed)
         out = M.generate(model, ids, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                         top_p=args.top_p, eos_id=model.config.eos_token_id, generator=g)
-        print(tok.decode(ids[0].tolist() + out[0].tolist()))  # together, so the spacing is the tokenizer's
-    except (ValueError, OSError) as e:  # bad input or no network: one clear line, no traceback
+                         top_p=args.top_p, eos_id=eos, generator=g)[0].tolist()
+        print(tok.decode(out) if args.chat else tok.decode(prompt + out))  # together: the tokenizer's spacing
+    except (ValueError, OSError, ImportError) as e:  # bad input, no network, no jinja2: one clear line
         sys.exit(f"error: {e}")

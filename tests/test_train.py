@@ -136,8 +136,10 @@ def _args(stories260k, out, *extra):
 QUICK = ["--data", str(STEER_TRAIN), "--eval-data", str(STEER_EVAL)]  # the defaults are the quick start's
 
 
-# measured (seed 0, CPU): loreft 0.76, direft 0.82, prefix 0.48, pedro 1.0 held-out exact match; the base model 0
-@pytest.mark.parametrize("method_name,min_em", [("loreft", 0.7), ("direft", 0.7), ("prefix", 0.4), ("pedro", 0.9)])
+# measured (seed 0, CPU): loreft 0.76, direft 0.78, prefix 0.48, pedro 1.0, lora 1.0 held-out exact match; the base
+# model 0
+@pytest.mark.parametrize("method_name,min_em", [("loreft", 0.7), ("direft", 0.7), ("prefix", 0.4), ("pedro", 0.9),
+                                                ("lora", 0.9)])
 def test_quick_start_learns_the_steering_task(stories260k, tmp_path, method_name, min_em):
     """The README's quick start: held-out exact match from the run itself, base weights untouched."""
     cfg = train.parse_args(_args(stories260k, tmp_path, *QUICK, "--method", method_name))
@@ -372,7 +374,7 @@ def test_classify_defaults_to_first_token_positions(minilm_dir, tmp_path):
     (["--positions", "f1+x"], "bad positions 'f1+x'"),
     (["--layers", "0,9"], "bad layers '0,9'"),
     (["--rank", "0"], "rank must be positive"),
-    (["--method", "lora"], "unknown method 'lora'"),
+    (["--method", "bitfit"], "unknown method 'bitfit'"),
     (["--act-fn", "swish"], "unknown act_fn 'swish': expected one of linear, relu, gelu, silu, tanh"),
     (["--data", "missing.jsonl"], "data file missing.jsonl does not exist"),
 ])

@@ -273,7 +273,7 @@ def test_parameter_counts_are_reported_apart(minilm_dir, tmp_path, capsys):
     ("direft", {}, 0.9),  # measured 1.00
     ("pedro", {}, 0.9),  # measured 0.995
     ("prefix", {"lr": 5e-2}, 0.6),  # measured 0.81: the weakest here (chance: 0.5, the head alone: 0.75)
-    ("lora", {"lr": 3e-3}, 0.9),  # measured LORA_ACC
+    ("lora", {"lr": 3e-3}, 0.9),  # measured 0.985 (rank 4 on query and value: 36,864 parameters)
 ])
 def test_other_methods_train_and_beat_chance(minilm_dir, tmp_path, name, extra, min_acc):
     result = classify.train_classifier(_cfg(minilm_dir, tmp_path, method=name, **extra))

@@ -28,7 +28,7 @@ import re
 import unicodedata
 from pathlib import Path
 
-from support.tokenizer import _WHITESPACE, _bytes_to_unicode
+from support.tokenizer import _WHITESPACE, _bytes_to_unicode, bpe_merge
 
 # -----------------------------------------------------------------------------------------------------------------
 # Oniguruma patterns -> Python re
@@ -433,19 +433,7 @@ class HFTokenizer:
             self.cache[word] = [self.vocab[word]]
             return self.cache[word]
         parts = list(word)
-        while len(parts) > 1:
-            pair = min(zip(parts, parts[1:]), key=lambda p: self.ranks.get(p, float("inf")))
-            if pair not in self.ranks:
-                break
-            merged, i = [], 0
-            while i < len(parts):
-                if i + 1 < len(parts) and (parts[i], parts[i + 1]) == pair:
-                    merged.append(parts[i] + parts[i + 1])
-                    i += 2
-                else:
-                    merged.append(parts[i])
-                    i += 1
-            parts = merged
+        parts = bpe_merge(parts, self.ranks)
         ids, unk_before = [], False
         for part in parts:
             if part in self.vocab:

@@ -96,6 +96,25 @@ def _gpt2_pretokenize(text: str) -> list[str]:
     return words
 
 
+def bpe_merge(parts: list[str], ranks: dict) -> list[str]:
+    """Repeatedly merge the adjacent pair with the lowest rank (everywhere it occurs) until no pair of neighbours is
+    a known merge. ranks: (left, right) -> priority, the lower the earlier learned."""
+    while len(parts) > 1:
+        pair = min(zip(parts, parts[1:]), key=lambda p: ranks.get(p, math.inf))
+        if pair not in ranks:
+            break
+        merged, i = [], 0
+        while i < len(parts):
+            if i + 1 < len(parts) and (parts[i], parts[i + 1]) == pair:
+                merged.append(parts[i] + parts[i + 1])
+                i += 2
+            else:
+                merged.append(parts[i])
+                i += 1
+        parts = merged
+    return parts
+
+
 class ByteBPETokenizer:
     """RoBERTa / GPT-2 byte-level BPE: text -> words (regex) -> UTF-8 bytes -> characters -> BPE merges.
     Every byte has a token, so nothing is ever unknown."""
@@ -116,24 +135,8 @@ class ByteBPETokenizer:
             self.encoder.get(token, eot) for token in ("<s>", "</s>", "<pad>", "<unk>", "<mask>"))
 
     def _bpe(self, word: str) -> list[str]:
-        """Repeatedly merge the adjacent pair with the lowest rank (everywhere it occurs) until no pair of
-        neighbours is a known merge."""
-        if word not in self.cache:
-            parts = list(word)
-            while len(parts) > 1:
-                pair = min(zip(parts, parts[1:]), key=lambda p: self.ranks.get(p, math.inf))
-                if pair not in self.ranks:
-                    break
-                merged, i = [], 0
-                while i < len(parts):
-                    if i + 1 < len(parts) and (parts[i], parts[i + 1]) == pair:
-                        merged.append(parts[i] + parts[i + 1])
-                        i += 2
-                    else:
-                        merged.append(parts[i])
-                        i += 1
-                parts = merged
-            self.cache[word] = parts
+        if word not in self.cache:  # words repeat a lot, and BPE is the slow part
+            self.cache[word] = bpe_merge(list(word), self.ranks)
         return self.cache[word]
 
     def encode(self, text: str, bos: bool = True, eos: bool = False) -> list[int]:

@@ -252,6 +252,8 @@ def plot(rows: list[dict], metric: str, task: str, path: str) -> bool:
             left.plot(s, loss, label=r["method"] if r["method"] != "none" else "none (head only)", lw=1.2)
     left.set(xlabel="optimizer step", ylabel="training loss (mean over seeds)", yscale="log", title="loss curves")
     left.legend(fontsize=8)
+    points = [(r["trainable_params"], r[metric]["mean"]) for r in rows if r["method"] != "none" and r.get(metric)]
+    span = ((max(y for _, y in points) - min(y for _, y in points)) or 1.0) if points else 1.0
     for r in rows:
         m = r.get(metric)
         if m is None:
@@ -261,15 +263,18 @@ def plot(rows: list[dict], metric: str, task: str, path: str) -> bool:
             right.annotate("head only" if task == "classify" else "frozen model", (0.02, m["mean"]),
                            xycoords=("axes fraction", "data"), fontsize=8, color="gray", va="bottom")
             continue
-        right.errorbar(r["trainable_params"], m["mean"], yerr=m["std"], fmt="o", capsize=3)
-        right.annotate(r["method"], (r["trainable_params"], m["mean"]), textcoords="offset points", xytext=(5, 5),
-                       fontsize=9)
+        x, y = r["trainable_params"], m["mean"]
+        color = right.errorbar(x, y, yerr=m["std"], fmt="o", capsize=3)[0].get_color()
+        below = any(abs(math.log(x / x2)) < 0.2 and 0 < y2 - y < 0.06 * span for x2, y2 in points)  # a close one above
+        right.annotate(r["method"], (x, y), textcoords="offset points", xytext=(6, -11 if below else 4), fontsize=9,
+                       color=color)
     sizes = [r["trainable_params"] for r in rows if r["method"] != "none" and r.get(metric)]
     if sizes:  # room for the labels: a factor 2 either side
         right.set_xlim(min(sizes) / 2, max(sizes) * 2)
     right.set(xscale="log", xlabel="trainable parameters of the method" + (" (head not counted)" if task ==
               "classify" else ""), ylabel=metric.replace("_", " ") + " (mean ± std)",
               title=f"held-out {metric.replace('_', ' ')} vs trainable parameters")
+    right.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # decades only: minor labels collide
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

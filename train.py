@@ -43,7 +43,7 @@ class TrainConfig:
     template: str = "auto"  # prompt template: auto | raw | alpaca | plain | chat (the checkpoint's; data.prompt_ids)
     task: str = "auto"  # lm | classify | auto (classify for .csv/.tsv or labelled .jsonl data on an encoder)
     max_examples: int = 0  # classify: at most N examples from each data file (a seeded sample; 0 = all)
-    method: str = "loreft"  # loreft | direft | prefix | pedro | lora; several, comma-separated: a comparison
+    method: str = "loreft"  # loreft | direft | prefix | pedro | lora | none (the floor); comma-separated: a comparison
     layers: str = "all"  # "all" or comma-separated block indices
     positions: str = ""  # ReFT: fA+lB = first A and last B prompt tokens; "" = f3+l3 (lm) or f3 (classify)
     share_weights: bool = False  # ReFT: one intervention for both position groups (tied)
@@ -308,7 +308,7 @@ def main(argv=None):
     cfg = parse_args(argv)
     try:
         task = cli.task_of(cfg)
-        if "," in cfg.method or cfg.seeds > 1 or cfg.lr_grid:  # several methods, seeds or lrs: support/compare.py
+        if "," in cfg.method or cfg.seeds > 1 or cfg.lr_grid or cfg.method == "none":  # support/compare.py
             compare.compare(cfg, task)
         elif task == "classify":  # the encoder's loop, metrics and data formats: support/classify.py
             from support.classify import evaluate_saved_classifier, train_classifier

@@ -251,7 +251,8 @@ def plot(rows: list[dict], metric: str, task: str, path: str) -> bool:
             s, loss = zip(*r["loss_curve"])
             left.plot(s, loss, label=r["method"] if r["method"] != "none" else "none (head only)", lw=1.2)
     left.set(xlabel="optimizer step", ylabel="training loss (mean over seeds)", yscale="log", title="loss curves")
-    left.legend(fontsize=8)
+    if any(r["loss_curve"] for r in rows):
+        left.legend(fontsize=8)
     points = [(r["trainable_params"], r[metric]["mean"]) for r in rows if r["method"] != "none" and r.get(metric)]
     span = ((max(y for _, y in points) - min(y for _, y in points)) or 1.0) if points else 1.0
     for r in rows:

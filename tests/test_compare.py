@@ -144,3 +144,10 @@ def test_an_earlier_comparison_is_not_overwritten(two_methods, stories260k, smal
     out, _ = two_methods
     with pytest.raises(SystemExit, match="already holds a run: pass --overwrite"):
         train.main(args(stories260k, small_task, out, "--method", "none,lora"))
+
+
+def test_none_alone_is_the_frozen_model_row(stories260k, small_task, tmp_path):
+    """--method none (one run of the floor) also goes through the comparison: one row, nothing trained."""
+    train.main(args(stories260k, small_task, tmp_path, "--method", "none"))
+    (row,) = json.loads((tmp_path / "compare.json").read_text())
+    assert row["method"] == "none" and row["seeds"] == [0] and row["exact_match"]["values"] == [0.0]

@@ -15,6 +15,10 @@ rank learning rates, not methods. --lr-grid 1e-3,3e-3,1e-2 first trains seed --s
 the lr with the best main metric on the eval data (which then also reports the result: optimistic, and the table says
 so), and runs the other seeds at that lr.
 
+A comparison can take hours: each finished run writes OUT/<method>/seed<k>/result.json, and the same command with
+--resume reuses every finished run (after checking it was made with the same settings), continues a language-model run
+that Ctrl-C stopped from its checkpoint.pt, and trains the rest.
+
 Writes OUT/compare.json (one row per method: parameters, lr, timings, peak memory, metrics as mean and spread over the
 seeds, the loss curve), OUT/compare.md (the same as a table, also printed) and, where matplotlib is installed,
 OUT/compare.png (the loss curves; the main metric against trainable parameters). The last stdout line is JSON: each
@@ -27,7 +31,7 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import torch
 
@@ -56,7 +60,7 @@ def plan(cfg, task: str) -> tuple[list[str], list[int], list[float]]:
         raise ValueError(f"bad --lr-grid {cfg.lr_grid!r}: expected comma-separated numbers like 1e-3,3e-3") from None
     if any(lr <= 0 for lr in grid) or (cfg.lr_grid and cfg.lr):
         raise ValueError("--lr-grid takes positive learning rates, and replaces --lr (give one of them)")
-    for flag, value in (("--resume", cfg.resume), ("--load", cfg.load), ("--max-steps", cfg.max_steps)):
+    for flag, value in (("--load", cfg.load), ("--max-steps", cfg.max_steps)):
         if value:
             raise ValueError(f"{flag} is for one run; a comparison trains every method to the end (use --epochs)")
     if not cfg.data:
@@ -71,7 +75,13 @@ def run_folder(cfg, method: str, seed: int, lr: float | None) -> str:
 
 
 def check_folders(cfg, folders: list[str]):
-    """Refuse to overwrite an earlier comparison (or a run where one of ours goes) before any training starts."""
+    """Refuse to overwrite an earlier comparison (or a run where one of ours goes) before any training starts; with
+    --resume, refuse only when there is nothing to resume, or a finished run was made with other settings."""
+    if cfg.resume:
+        done = [f for f in folders if os.path.exists(os.path.join(f, RESULT))]
+        if not done and not any(os.path.exists(os.path.join(f, "checkpoint.pt")) for f in folders):
+            raise FileNotFoundError(f"--resume: no finished or stopped run of this comparison in {cfg.out}")
+        return
     taken = [f for f in folders if os.path.exists(os.path.join(f, "reft.pt"))]
     if os.path.exists(os.path.join(cfg.out, "compare.json")):
         taken.insert(0, cfg.out)
@@ -96,22 +106,62 @@ def frozen_model_run(cfg) -> dict:
     return result | {"curve": []}
 
 
+RESULT = "result.json"  # in each run's folder once it has finished: its result, and the settings it ran with
+
+
+def settings(c) -> dict:
+    """What makes two runs the same run: every flag but --resume and --overwrite."""
+    return {k: v for k, v in asdict(c).items() if k not in ("resume", "overwrite")}
+
+
+def finished_run(c) -> dict | None:
+    """With --resume: the saved result of this run, if it finished with the same settings (else None, or an error)."""
+    path = os.path.join(c.out, RESULT)
+    if not (c.resume and os.path.exists(path)):
+        return None
+    with open(path) as f:
+        saved = json.load(f)
+    diff = [f"{k} {v!r} there, {settings(c)[k]!r} here" for k, v in saved["settings"].items() if settings(c).get(k) != v]
+    if diff:
+        raise ValueError(f"--resume: {c.out} was trained with other settings ({', '.join(diff)}); pass the same flags, "
+                         "or --overwrite to train the comparison again")
+    return saved["result"]
+
+
 def run_one(cfg, task: str, method: str, seed: int, lr: float | None) -> dict:
-    """One ordinary run (its stdout goes to stderr, so that ours stays the table and the final line)."""
+    """One ordinary run (its stdout goes to stderr, so that ours stays the table and the final line); with --resume,
+    a finished run is read back and a stopped language-model run continues from its checkpoint."""
     import train
     from support.classify import train_classifier
     out = run_folder(cfg, method, seed, lr)
     c = replace(cfg, method=method, seed=seed, lr=lr or cfg.lr, out=out, seeds=0, lr_grid="", overwrite=True)
-    print(f"== {method}, seed {seed}" + (f", lr {lr:g}" if lr else "") + f": {out}", file=sys.stderr)
+    name = f"{method}, seed {seed}" + (f", lr {lr:g}" if lr else "")
+    if (saved := finished_run(c)) is not None:
+        print(f"== {name}: finished in {out}, reused (--resume)", file=sys.stderr)
+        return saved
+    stopped = os.path.exists(os.path.join(out, "checkpoint.pt")) and task == "lm" and method != "none"
+    c = replace(c, resume=cfg.resume and stopped)  # only train.train continues a run; the others start again
+    print(f"== {name}: {out}" + (" (continued from its checkpoint)" if c.resume else ""), file=sys.stderr)
     t0, cpu0 = time.time(), time.process_time()
-    with contextlib.redirect_stdout(sys.stderr):
-        if task == "classify":
-            result = train_classifier(c)
-        elif method == "none":
-            result = frozen_model_run(c)
-        else:
-            result = train.train(c)
-    return result | {"wall_s": time.time() - t0, "cpu_s": time.process_time() - cpu0, "folder": out}
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            if task == "classify":
+                result = train_classifier(c)
+            elif method == "none":
+                result = frozen_model_run(c)
+            else:
+                result = train.train(c)
+    except KeyboardInterrupt:
+        result = {}
+    if "curve" not in result:  # Ctrl-C: train.train saved a checkpoint (the others stop where they are)
+        raise SystemExit(f"comparison stopped during {name}; continue it with the same command and --resume")
+    result = result | {"wall_s": time.time() - t0, "cpu_s": time.process_time() - cpu0, "folder": out}
+    os.makedirs(out, exist_ok=True)  # the frozen language model's run saves nothing else
+    tmp = os.path.join(out, RESULT + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump({"settings": settings(c), "result": result}, f)
+    os.replace(tmp, os.path.join(out, RESULT))  # atomic: a result.json is always whole
+    return result
 
 
 def score(result: dict, metric: str) -> tuple:

@@ -3,9 +3,11 @@
 On a cut-down quick-start task (40 training records, 10 held out, one epoch) so that a comparison takes seconds:
 the files and their fields, the table printed before the final JSON line, no leak between runs (a run inside a
 comparison equals the same run alone), the lr grid, the classification floor (the head alone), the picture and its
-absence without matplotlib, and the refusals."""
+absence without matplotlib, the refusals, and --resume after Ctrl-C."""
 import builtins
 import json
+import os
+import signal
 
 import pytest
 import torch
@@ -129,7 +131,7 @@ def test_without_matplotlib_one_line_and_no_picture(monkeypatch, tmp_path, capsy
     (["--method", "loreft,bitfit"], "bad --method 'loreft,bitfit'"),
     (["--method", "lora,lora"], "bad --method 'lora,lora'"),
     (["--method", "loreft,lora", "--max-steps", "3"], "--max-steps is for one run"),
-    (["--method", "loreft,lora", "--resume"], "--resume is for one run"),
+    (["--method", "loreft,lora", "--resume"], "--resume: no finished or stopped run of this comparison in"),
     (["--method", "lora", "--lr-grid", "1e-3,x"], "bad --lr-grid '1e-3,x'"),
     (["--method", "lora", "--lr-grid", "1e-3", "--lr", "0.01"], "--lr-grid takes positive learning rates, and replaces"),
 ])
@@ -151,3 +153,37 @@ def test_none_alone_is_the_frozen_model_row(stories260k, small_task, tmp_path):
     train.main(args(stories260k, small_task, tmp_path, "--method", "none"))
     (row,) = json.loads((tmp_path / "compare.json").read_text())
     assert row["method"] == "none" and row["seeds"] == [0] and row["exact_match"]["values"] == [0.0]
+
+
+def test_a_stopped_comparison_continues_with_resume(two_methods, stories260k, small_task, tmp_path, monkeypatch,
+                                                    capsys):
+    """Ctrl-C during the second method: one line saying how to go on; --resume reuses the finished run, continues the
+    stopped one from its checkpoint, and ends with what an uninterrupted comparison reports."""
+    real, steps = train.lm_loss, []
+
+    def ctrl_c_at_step_3(*a, **k):
+        if torch.is_grad_enabled():  # a training step, not an evaluation
+            steps.append(1)
+            if len(steps) == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+        return real(*a, **k)
+    monkeypatch.setattr(train, "lm_loss", ctrl_c_at_step_3)
+    cmd = args(stories260k, small_task, tmp_path, "--method", "none,loreft", "--seeds", "1")
+    with pytest.raises(SystemExit, match=r"stopped during loreft, seed 0; continue it with the same command and "
+                                         r"--resume"):
+        train.main(cmd)
+    assert (tmp_path / "none/seed0/result.json").exists() and (tmp_path / "loreft/seed0/checkpoint.pt").exists()
+    assert not (tmp_path / "loreft/seed0/result.json").exists() and not (tmp_path / "compare.json").exists()
+    monkeypatch.setattr(train, "lm_loss", real)
+    capsys.readouterr()
+    with pytest.raises(SystemExit, match="trained with other settings \\(epochs 1 there, 2 here\\)"):
+        train.main(cmd + ["--epochs", "2", "--resume"])
+    train.main(cmd + ["--resume"])
+    err = capsys.readouterr().err
+    assert "== none, seed 0: finished in" in err and "reused (--resume)" in err
+    assert "== loreft, seed 0: " in err and "(continued from its checkpoint)" in err
+    rows = {r["method"]: r for r in json.loads((tmp_path / "compare.json").read_text())}
+    whole = {r["method"]: r for r in json.loads((two_methods[0] / "compare.json").read_text())}
+    for m in ("none", "loreft"):  # seed 0 of the uninterrupted comparison: the same run
+        assert rows[m]["exact_match"]["values"] == whole[m]["exact_match"]["values"][:1]
+        assert rows[m]["eval_loss"]["values"] == pytest.approx(whole[m]["eval_loss"]["values"][:1], abs=1e-6)

@@ -43,6 +43,7 @@ class TrainConfig:
     template: str = "auto"  # prompt template: auto | raw | alpaca | plain | chat (the checkpoint's; data.prompt_ids)
     task: str = "auto"  # lm | classify | auto (classify for .csv/.tsv or labelled .jsonl data on an encoder)
     max_examples: int = 0  # classify: at most N examples from each data file (a seeded sample; 0 = all)
+    group_by_length: bool = False  # classify: steps of similar lengths (less padding; support/classify.py)
     method: str = "loreft"  # loreft | direft | prefix | pedro | lora | none (the floor); comma-separated: a comparison
     layers: str = "all"  # "all" or comma-separated block indices
     positions: str = ""  # ReFT: fA+lB = first A and last B prompt tokens; "" = f3+l3 (lm) or f3 (classify)

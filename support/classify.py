@@ -141,6 +141,21 @@ def encode_classification(records: list[dict], tok, labels: list[str], max_lengt
     return out
 
 
+def group_by_length(order: torch.Tensor, lengths: list[int], per_step: int, generator: torch.Generator,
+                    steps: int = 50) -> torch.Tensor:
+    """--group-by-length: the shuffled order cut into blocks of `steps` optimizer steps; each block sorted by length
+    and cut into steps, which are then shuffled within the block. A step's inputs have similar lengths (little
+    padding, so less work), every example is still seen once an epoch, and the steps' order stays random (a short last
+    step stays last). transformers' LengthGroupedSampler does the same with blocks of 50 batches."""
+    out = []
+    for block in order.split(per_step * steps):
+        block = block[torch.tensor([lengths[i] for i in block.tolist()]).argsort(descending=True, stable=True)]
+        chunks = list(block.split(per_step))
+        full = [c for c in chunks if len(c) == per_step]
+        out += [full[k] for k in torch.randperm(len(full), generator=generator).tolist()] + chunks[len(full):]
+    return torch.cat(out)
+
+
 def collate_classification(examples: list[dict], pad_id: int, scheme: reft.PositionScheme | None = None) -> dict:
     """collate's input_ids, attention_mask, prompt_mask (= attention_mask) and positions, right-padded, plus
     token_type_ids [B, T] (0 on padding) and labels [B] (long class ids, or float scores)."""
@@ -272,6 +287,9 @@ def train_classifier(cfg) -> dict:
     for epoch in range(cfg.epochs):
         model.train(), method.train()  # dropout in the frozen encoder too, as pyreft's GLUE runs (model.train())
         order = torch.randperm(len(train_ex), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+        if cfg.group_by_length:
+            order = group_by_length(order, [len(e["input_ids"]) for e in train_ex], per_step,
+                                    torch.Generator().manual_seed(cfg.seed * 1000 + epoch + 1))
         for start in range(0, len(order), per_step):
             step_ex = order[start:start + per_step]
             for idx in step_ex.split(cfg.batch_size):  # the step's loss: the mean over its examples

@@ -3,7 +3,7 @@
 The method and a new head on the first token train together; the head's parameters are counted apart from the
 method's, as the paper does. Data: a text (or a text pair) and a label per record, from .jsonl/.csv/.tsv or GLUE's
 own TSVs. The whole input is the "prompt", so "fA" positions are its first A tokens from <s>/[CLS] (the paper's GLUE
-setting), and PEDRO pools over all of it. `train.py --task classify` (inferred from labelled data) calls
+setting), and PEDRO's generators read its first token (`--pooling mean`: all of it). `train.py --task classify` (inferred from labelled data) calls
 `train_classifier`; `--load RUN --eval-data FILE` calls `evaluate_saved_classifier`.
 """
 import csv
@@ -172,7 +172,7 @@ def collate_classification(examples: list[dict], pad_id: int, scheme: reft.Posit
 
 
 def classifier_logits(model, method, batch):
-    """[B, num_labels] from the first token's last hidden state (model.classify); PEDRO pools over the whole input."""
+    """[B, num_labels] from the first token's last hidden state (model.classify), whatever the method."""
     hidden = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], method=method,
                    positions=batch.get("positions"), prompt_mask=batch["prompt_mask"])  # [B, T, d]
     return model.classify(hidden).float()

@@ -3,8 +3,9 @@
 The method and a new head on the first token train together; the head's parameters are counted apart from the
 method's, as the paper does. Data: a text (or a text pair) and a label per record, from .jsonl/.csv/.tsv or GLUE's
 own TSVs. The whole input is the "prompt", so "fA" positions are its first A tokens from <s>/[CLS] (the paper's GLUE
-setting), and PEDRO's generators read its first token (`--pooling mean`: all of it). `train.py --task classify` (inferred from labelled data) calls
-`train_classifier`; `--load RUN --eval-data FILE` calls `evaluate_saved_classifier`.
+setting), and PEDRO's generators read its first token (`--pooling mean`: all of it). `train.py --task classify`
+(inferred from labelled data) calls `train_classifier`; `--load RUN --eval-data FILE` calls
+`evaluate_saved_classifier`.
 """
 import csv
 import json

@@ -296,11 +296,17 @@ def plot(rows: list[dict], metric: str, task: str, path: str) -> bool:
         print("matplotlib is not installed: no compare.png (pip install matplotlib for the picture)", file=sys.stderr)
         return False
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    color = {m: f"C{i}" for i, m in enumerate(METHODS)}  # one colour per method, in both panels
+    window = 1
     for r in rows:
         if r["loss_curve"]:
             s, loss = zip(*r["loss_curve"])
-            left.plot(s, loss, label=r["method"] if r["method"] != "none" else "none (head only)", lw=1.2)
-    left.set(xlabel="optimizer step", ylabel="training loss (mean over seeds)", yscale="log", title="loss curves")
+            window = max(1, len(loss) // 50)  # a moving average: one batch's loss is noisy
+            smooth = torch.tensor(loss).unfold(0, window, 1).mean(1).tolist() if len(loss) >= window else loss
+            left.plot(s[window - 1:], smooth, label=r["method"] if r["method"] != "none" else "none (head only)",
+                      lw=1.2, color=color[r["method"]])
+    ylabel = "training loss (mean over seeds)" + (f", mean of {window} steps" if window > 1 else "")
+    left.set(xlabel="optimizer step", ylabel=ylabel, yscale="log", title="loss curves")
     if any(r["loss_curve"] for r in rows):
         left.legend(fontsize=8)
     points = [(r["trainable_params"], r[metric]["mean"]) for r in rows if r["method"] != "none" and r.get(metric)]
@@ -315,10 +321,11 @@ def plot(rows: list[dict], metric: str, task: str, path: str) -> bool:
                            xycoords=("axes fraction", "data"), fontsize=8, color="gray", va="bottom")
             continue
         x, y = r["trainable_params"], m["mean"]
-        color = right.errorbar(x, y, yerr=m["std"], fmt="o", capsize=3)[0].get_color()
+        right.errorbar(x, y, yerr=m["std"], fmt="o", capsize=3, color=color[r["method"]])
         below = any(abs(math.log(x / x2)) < 0.2 and 0 < y2 - y < 0.06 * span for x2, y2 in points)  # a close one above
         right.annotate(r["method"], (x, y), textcoords="offset points", xytext=(6, -11 if below else 4), fontsize=9,
-                       color=color)
+                       color=color[r["method"]])
+    right.margins(y=0.12)  # room for the labels above the highest point
     sizes = [r["trainable_params"] for r in rows if r["method"] != "none" and r.get(metric)]
     if sizes:  # room for the labels: a factor 2 either side
         right.set_xlim(min(sizes) / 2, max(sizes) * 2)

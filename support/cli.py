@@ -68,11 +68,16 @@ def task_of(cfg) -> str:
     if cfg.task not in ("auto", "lm", "classify"):
         raise ValueError(f"unknown --task {cfg.task!r}: expected lm, classify or auto")
     if cfg.task != "auto":
-        return cfg.task
-    if cfg.load:
-        return "classify" if cfg.eval_data and not (cfg.prompt or cfg.prompts_file) else "lm"
-    from support.classify import is_classification_file
-    return "classify" if cfg.data and is_classification_file(cfg.data) else "lm"
+        task = cfg.task
+    elif cfg.load:
+        task = "classify" if cfg.eval_data and not (cfg.prompt or cfg.prompts_file) else "lm"
+    else:
+        from support.classify import is_classification_file
+        task = "classify" if cfg.data and is_classification_file(cfg.data) else "lm"
+    if task == "lm" and cfg.group_by_length:
+        raise ValueError("--group-by-length groups classification steps; language-model training takes batches as "
+                         "they come (drop the flag)")
+    return task
 
 
 def set_threads(model=None):

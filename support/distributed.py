@@ -85,6 +85,7 @@ class DataParallel(Single):
         dist.barrier()
 
     def close(self):
+        dist.barrier()  # every process done with every collective first: gloo could abort one torn down mid-exchange
         dist.destroy_process_group()
 
 

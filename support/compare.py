@@ -121,7 +121,8 @@ def finished_run(c) -> dict | None:
         return None
     with open(path) as f:
         saved = json.load(f)
-    diff = [f"{k} {v!r} there, {settings(c)[k]!r} here" for k, v in saved["settings"].items() if settings(c).get(k) != v]
+    now = settings(c)
+    diff = [f"{k} {v!r} there, {now.get(k)!r} here" for k, v in saved["settings"].items() if now.get(k) != v]
     if diff:
         raise ValueError(f"--resume: {c.out} was trained with other settings ({', '.join(diff)}); pass the same flags, "
                          "or --overwrite to train the comparison again")

@@ -12,6 +12,7 @@ from dataclasses import asdict, fields, replace
 import torch
 
 from support.checkpoints import EMBEDDED_FILES, resolve
+from support.untrusted import load_torch, read_json
 
 # -----------------------------------------------------------------------------------------------------------------
 # Flags
@@ -123,8 +124,8 @@ def saved_method_config(folder: str) -> dict | None:
     for name, key in (("checkpoint.pt", "config"), ("reft.pt", "config")):
         path = os.path.join(folder, name)
         if os.path.exists(path):
-            blob = torch.load(path, map_location="cpu", weights_only=False)
-            if key in blob:
+            blob = load_torch(path)
+            if isinstance(blob, dict) and isinstance(blob.get(key), dict):
                 return asdict(upgrade_config(blob[key]))
     return None
 
@@ -132,7 +133,7 @@ def saved_method_config(folder: str) -> dict | None:
 def load_checkpoint(path, method, opt, sched, kind: str) -> tuple[int, int, int]:
     """Restore a --resume checkpoint (weights, optimizer, schedule, RNG); -> (step, epoch, batch)."""
     from support.saving import upgrade_state_dict
-    ck = torch.load(path, map_location=next(method.parameters()).device, weights_only=False)
+    ck = load_torch(path, map_location=next(method.parameters()).device)
     method.load_state_dict(upgrade_state_dict(ck["method"], kind)), opt.load_state_dict(ck["opt"])
     sched.load_state_dict(ck["sched"])
     torch.set_rng_state(ck["rng"])
@@ -201,7 +202,7 @@ def generation_eos(checkpoint: str, model) -> list[int]:
     """The ids generation stops at: generation_config.json's eos_token_id in a HF folder (what transformers' generate
     stops at; Llama-3.2-Instruct lists <|end_of_text|>, <|eom_id|> and <|eot_id|>), else config.json's."""
     path = os.path.join(resolve(checkpoint), "generation_config.json")
-    eos = json.load(open(path)).get("eos_token_id") if os.path.isfile(path) else None
+    eos = read_json(path).get("eos_token_id") if os.path.isfile(path) else None
     eos = model.config.eos_token_id if eos is None else eos
     return [eos] if isinstance(eos, int) else list(eos or [])
 

@@ -39,6 +39,7 @@ import reft
 from data import collate, split_heldout, tokenize_examples
 from support.measure import static_bytes, transient_peak
 from support.records import read_records
+from support.untrusted import read_json
 
 METHODS = ("none", "loreft", "direft", "prefix", "pedro", "lora")  # train.py imports this file: `import train` is late
 MAIN_METRIC = {"lm": "exact_match"}  # classification: the task's own (accuracy; MCC for CoLA, Pearson for STS-B)
@@ -119,8 +120,7 @@ def finished_run(c) -> dict | None:
     path = os.path.join(c.out, RESULT)
     if not (c.resume and os.path.exists(path)):
         return None
-    with open(path) as f:
-        saved = json.load(f)
+    saved = read_json(path)
     now = settings(c)
     diff = [f"{k} {v!r} there, {now.get(k)!r} here" for k, v in saved["settings"].items() if now.get(k) != v]
     if diff:

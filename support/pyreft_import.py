@@ -10,6 +10,7 @@ import re
 
 import torch
 
+from support.untrusted import json_object, load_torch, plain_name
 from reft import Method, MethodConfig, build_method, parse_positions
 
 PYREFT_KINDS = {"LoreftIntervention": "loreft", "NodireftIntervention": "direft"}  # pyreft class -> our method
@@ -54,8 +55,7 @@ def load_pyreft(folder: str, model, positions: str) -> tuple[Method, MethodConfi
         hint = " (it has reft.pt: load it with reft.load)" if os.path.exists(os.path.join(folder, "reft.pt")) else ""
         raise FileNotFoundError(f"{folder}: neither reft.pt (saved by this project) nor a pyreft config.json "
                                 f"(+ intkey_*.bin, saved by ReftModel.save){hint}")
-    with open(cfg_path) as f:
-        cfg = json.load(f)
+    cfg = json_object(cfg_path)
     reps = _pyreft_representations(cfg, folder)
     mc = model.config
     if getattr(mc, "model_type", None) not in ("llama", "qwen2"):  # a decoder's block_output
@@ -106,11 +106,11 @@ def load_pyreft(folder: str, model, positions: str) -> tuple[Method, MethodConfi
     for r in reps:
         proposal = f"layer_{r['layer']}_comp_{r['component']}_unit_{r['unit']}_nunit_{r['max_number_of_units']}"
         counter[proposal] = counter.get(proposal, -1) + 1
-        path = os.path.join(folder, f"intkey_{proposal}#{counter[proposal]}.bin")
+        path = os.path.join(folder, plain_name(f"intkey_{proposal}#{counter[proposal]}.bin", f"{folder}/config.json"))
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path} not found (pyreft saves one intkey_<key>.bin per intervention; "
                                     f"present: {sorted(n for n in os.listdir(folder) if n.endswith('.bin'))})")
-        states.append(torch.load(path, map_location="cpu", weights_only=True))
+        states.append(load_torch(path))
     need = {"loreft": ("weight", "bias", "rotate_layer"),
             "direft": ("learned_source.weight", "learned_source.bias", "proj_layer.weight")}[kind]
     ranks = set()

@@ -20,6 +20,7 @@ from copy import deepcopy
 
 import torch
 
+from support.untrusted import load_torch
 from reft import LoReFT, Method, MethodConfig, PrefixTuning, build_method
 
 # old parameter name -> new, per method kind (the order of parameters, which optimizer states follow, is unchanged)
@@ -106,7 +107,7 @@ def load(folder: str, model) -> tuple[Method, MethodConfig, dict]:
     if not os.path.exists(path):
         raise FileNotFoundError(f"{folder}: no reft.pt (a folder written by train.py --out); for a pyreft folder "
                                 "(config.json + intkey_*.bin) pass --positions as well")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    blob = load_torch(path)
     base, mine = blob["base"], base_fingerprint(model)
     for k in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size"):
         if base[k] != mine[k]:

@@ -3,11 +3,15 @@
 `assets` is the shared assets folder: <repo>/../shared/assets, or $REFT_SHARED_ASSETS when set. Tests that need it
 skip with the reason when it is absent (it holds real checkpoints, so it is not part of the repository).
 """
+import http.client
 import importlib.util
+import io
 import json
 import os
 import subprocess
 import sys
+import urllib.request
+import urllib.response
 from pathlib import Path
 
 import pytest
@@ -102,3 +106,37 @@ def run_train_cli(*args) -> subprocess.CompletedProcess:
 def _no_hub_token(monkeypatch):
     """A developer's HF_TOKEN must not change what the fake hubs see (tests that need one set it themselves)."""
     monkeypatch.delenv("HF_TOKEN", raising=False)
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# A fake network for download tests: urllib's own machinery (redirects included), no socket opened
+
+
+class FakeNet(urllib.request.BaseHandler):
+    """A urllib handler answering every http(s) request with serve(request): a (status, headers, body) tuple, or an
+    object with read() and a headers dict (status 200); serve may raise urllib.error.HTTPError."""
+    handler_order = 100  # before urllib's own http(s) handlers, so nothing reaches the network
+
+    def __init__(self, serve, pass_request: bool):
+        self.serve, self.pass_request = serve, pass_request
+
+    def _open(self, req):
+        answer = self.serve(req if self.pass_request else req.full_url)
+        status, headers, body = answer if isinstance(answer, tuple) else (200, answer.headers, answer)
+        msg = http.client.HTTPMessage()
+        for k, v in headers.items():
+            msg[k] = v
+        r = urllib.response.addinfourl(io.BytesIO(body) if isinstance(body, bytes) else body, msg, req.full_url,
+                                       status)
+        r.msg = http.client.responses.get(status, "")
+        return r
+
+    http_open = https_open = _open
+
+
+def use_fake_net(monkeypatch, serve, pass_request: bool = False):
+    """Downloads (support/checkpoints.py) go to serve instead of the network; serve gets the URL, or the Request
+    with pass_request."""
+    from support import checkpoints
+    monkeypatch.setattr(checkpoints, "_opener",
+                        lambda redirects: urllib.request.build_opener(FakeNet(serve, pass_request), redirects))

@@ -25,7 +25,7 @@ pytest.importorskip("jinja2", reason="jinja2 (chat templates) not installed")
 import hf_folders as H  # noqa: E402
 import model as M  # noqa: E402
 import train  # noqa: E402
-from conftest import REPO  # noqa: E402
+from conftest import REPO, use_fake_net  # noqa: E402
 from data import format_prompt, tokenize_examples  # noqa: E402
 from support import checkpoints, cli  # noqa: E402
 from support.tokenizer import load_tokenizer  # noqa: E402
@@ -320,7 +320,7 @@ def test_repo_download_fetches_tokenizer_and_generation_files(folders, tmp_path,
     seen = []
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr(checkpoints, "CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(urllib.request, "urlopen", serve(folder, "meta-llama/Llama-3.2-1B-Instruct", seen))
+    use_fake_net(monkeypatch, serve(folder, "meta-llama/Llama-3.2-1B-Instruct", seen), pass_request=True)
     try:
         path = checkpoints.resolve("meta-llama/Llama-3.2-1B-Instruct")
     finally:
@@ -328,7 +328,7 @@ def test_repo_download_fetches_tokenizer_and_generation_files(folders, tmp_path,
     assert {p.name for p in (tmp_path / "meta-llama--Llama-3.2-1B-Instruct").iterdir()} == {
         "config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
         "chat_template.jinja"}
-    assert all(isinstance(r, str) for r in seen)  # no token set: plain requests
+    assert all(not r.has_header("Authorization") for r in seen)  # no token set: plain requests
     tok = load_tokenizer(path)
     assert tok.chat is not None and tok.chat.end_id == tok.token_to_id["<|eot_id|>"]
 
@@ -338,7 +338,7 @@ def test_hf_token_is_sent_to_the_hub_only(folders, tmp_path, monkeypatch):
     seen = []
     monkeypatch.setenv("HF_TOKEN", "hf_secret")
     monkeypatch.setattr(checkpoints, "CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(urllib.request, "urlopen", serve(folder, "Qwen/Qwen2.5-0.5B-Instruct", seen))
+    use_fake_net(monkeypatch, serve(folder, "Qwen/Qwen2.5-0.5B-Instruct", seen), pass_request=True)
     checkpoints.resolve("Qwen/Qwen2.5-0.5B-Instruct")
     assert seen and all(r.get_header("Authorization") == "Bearer hf_secret" for r in seen)
     assert all("Authorization" not in r.headers for r in seen)  # unredirected: not forwarded to the CDN
@@ -350,7 +350,7 @@ def test_gated_repo_says_what_to_do(code, tmp_path, monkeypatch):
     seen = []
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr(checkpoints, "CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(urllib.request, "urlopen", serve(tmp_path, "meta-llama/Llama-3.2-1B", seen, gated=code))
+    use_fake_net(monkeypatch, serve(tmp_path, "meta-llama/Llama-3.2-1B", seen, gated=code), pass_request=True)
     with pytest.raises(PermissionError, match=f"Llama-3.2-1B/resolve/main/config.json: HTTP {code}: gated: accept "
                                               "the license on the model page and set HF_TOKEN"):
         M.from_pretrained("meta-llama/Llama-3.2-1B")
@@ -362,7 +362,7 @@ def test_unknown_repo_401_mentions_gated_repos_too(tmp_path, monkeypatch):
         raise urllib.error.HTTPError(request, 401, "Unauthorized", {}, None)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr(checkpoints, "CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    use_fake_net(monkeypatch, urlopen)
     with pytest.raises(FileNotFoundError, match="no such local file or folder, nor a public Hugging Face repo .*if it "
                                                 "is gated: accept the license on the model page and set HF_TOKEN"):
         M.from_pretrained("org/missing-model")

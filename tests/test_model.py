@@ -23,6 +23,7 @@ import model as M
 from model import Encoder, Llama, from_pretrained, generate
 from support import cli
 from support import checkpoints
+from conftest import use_fake_net
 
 REPO = Path(__file__).resolve().parents[1]
 ATOL, RTOL = 1e-5, 1e-4
@@ -678,7 +679,7 @@ def test_non_checkpoint_file(name, content, tmp_path):
 
 @pytest.mark.parametrize("name, content, message", [
     ("model.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}", "not a safetensors file"),
-    ("pytorch_model.bin", b"not a zip file at all, nor a pickle " * 10, "pytorch_model.bin is not a PyTorch checkpoint"),
+    ("pytorch_model.bin", b"not a zip file at all, nor a pickle " * 10, "pytorch_model.bin: not a PyTorch file"),
 ], ids=["safetensors", "pytorch_bin"])
 def test_garbage_weights_in_folder(name, content, message, llama_folder):
     (llama_folder / "model.safetensors").unlink()
@@ -822,7 +823,7 @@ def test_download_offline_is_a_clear_error(tmp_path, monkeypatch):
         raise urllib.error.URLError("offline")
 
     monkeypatch.setattr(checkpoints, "CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    use_fake_net(monkeypatch, offline)
     with pytest.raises(ConnectionError, match=r"offline.*local path"):
         checkpoints.resolve("stories15M")
     assert list(tmp_path.iterdir()) == []  # no partial file, no empty folder left behind
@@ -855,7 +856,7 @@ def fake_hub(folder: Path, repo: str):
 def test_missing_local_path_is_not_downloaded(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(checkpoints, "CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    use_fake_net(monkeypatch, no_network)
     with pytest.raises(FileNotFoundError, match=f"^{name}: no such file or folder"):
         from_pretrained(name)
     assert list(tmp_path.iterdir()) == []  # no cache folder made
@@ -867,13 +868,13 @@ def test_repo_id_download_with_shards_then_cache(tmp_path, monkeypatch):
     shards = {p.name for p in hub.glob("model-0*.safetensors")}
     assert len(shards) > 1 and (hub / "model.safetensors.index.json").exists()
     monkeypatch.setattr(checkpoints, "CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(urllib.request, "urlopen", fake_hub(hub, "meta-llama/Llama-3.2-1B"))
+    use_fake_net(monkeypatch, fake_hub(hub, "meta-llama/Llama-3.2-1B"))
     ours = from_pretrained("meta-llama/Llama-3.2-1B")
     cached = tmp_path / "cache" / "meta-llama--Llama-3.2-1B"
     assert list((tmp_path / "cache").iterdir()) == [cached]  # complete: the .part folder was renamed
     assert {p.name for p in cached.iterdir()} == {"config.json", "model.safetensors.index.json",
                                                   "generation_config.json"} | shards  # what the hub folder has
-    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    use_fake_net(monkeypatch, no_network)
     again = from_pretrained("meta-llama/Llama-3.2-1B")  # the cached folder, no network
     ids = tokens(2, 10, seed=45)
     with torch.no_grad():
@@ -890,7 +891,7 @@ def test_unknown_repo_is_a_clear_error(tmp_path, monkeypatch):
         raise urllib.error.HTTPError(url, 401, "Unauthorized", {}, None)
 
     monkeypatch.setattr(checkpoints, "CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    use_fake_net(monkeypatch, urlopen)
     with pytest.raises(FileNotFoundError, match="^karpathy/tinyllamas: no such local file or folder, nor a public"):
         from_pretrained("karpathy/tinyllamas")
     assert asked == ["https://huggingface.co/karpathy/tinyllamas/resolve/main/config.json"]  # taken for a repo id
@@ -912,10 +913,11 @@ class ResetAfterFirstChunk(io.BytesIO):
 ], ids=["reset", "cut_short"])
 def test_broken_download_leaves_no_part_file(make, message, tmp_path, monkeypatch):
     dest = tmp_path / "cache" / "m.bin"
-    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: make())
+    use_fake_net(monkeypatch, lambda url, timeout=None: make())
     with pytest.raises(ConnectionError, match=f"cannot download https://x.org/m.bin \\({message}\\)"):
         checkpoints.download("https://x.org/m.bin", str(dest))
-    assert [p.name for p in dest.parent.iterdir()] == []  # no dest, no dest.part
+    assert not dest.parent.exists()  # no dest, no temporary file, no empty folder
+    dest.parent.mkdir()
     dest.write_bytes(b"cached")
-    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    use_fake_net(monkeypatch, no_network)
     assert checkpoints.download("https://x.org/m.bin", str(dest)) == str(dest)  # an existing file is a cache hit

@@ -29,6 +29,7 @@ import unicodedata
 from pathlib import Path
 
 from support.tokenizer import _WHITESPACE, _bytes_to_unicode, bpe_merge
+from support.untrusted import time_limit
 
 # -----------------------------------------------------------------------------------------------------------------
 # Oniguruma patterns -> Python re
@@ -167,9 +168,59 @@ def _is_numeric(c: str) -> bool:  # Rust's char::is_numeric: the general categor
     return unicodedata.category(c)[0] == "N"
 
 
+def _repeats_a_repeat(pattern: str) -> bool:
+    """Whether a group that holds a repeat (*, +, {n,m}) is itself repeated, as in (a+)+ or (\\w+\\s?)*: the shape
+    whose backtracking takes exponential time on a string that almost matches."""
+    stack, i = [False], 0  # per open group: does it hold a repeat?
+    repeat = re.compile(r"[*+]|\{\d*,\d*\}|\{\d*[2-9]\d*\}|\{\d{2,}\}")
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            m = re.match(r"\\[pP]\{[^}]*\}|\\.", pattern[i:], re.S)
+            i += m.end()
+            continue
+        if c == "[":  # a character class: its contents are literal characters
+            m = re.match(r"\[\^?\]?(\\.|[^\]\\])*\]", pattern[i:], re.S)
+            i += m.end() if m else 1
+            continue
+        if c == "(":
+            stack.append(False)
+        elif c == ")" and len(stack) > 1:
+            inner, repeated = stack.pop(), repeat.match(pattern, i + 1) is not None
+            if inner and repeated:
+                return True
+            stack[-1] = stack[-1] or inner or repeated
+        elif repeat.match(pattern, i):
+            stack[-1] = True
+        i += 1
+    return False
+
+
+REGEX_SECONDS = 2.0  # the probes below take milliseconds with every published pre-tokenizer pattern
+_PROBES = [c * 1000 + end for c in ("a", "A", "1", " ", "\n", "'", ".", "é", "中", "_") for end in ("", "\x00", "!")]
+
+
 def _pattern(p: dict) -> re.Pattern:
-    """A tokenizer.json pattern {"String": s} or {"Regex": r} as a compiled Python re."""
-    return re.compile(re.escape(p["String"]) if "String" in p else translate_regex(p["Regex"]))
+    """A tokenizer.json pattern {"String": s} or {"Regex": r} as a compiled Python re. A regex that cannot finish on
+    ordinary text is refused here rather than hanging encode: a repeated group that holds a repeat, or any pattern
+    that takes over REGEX_SECONDS on long runs of one character (letters, digits, spaces, newlines, ...)."""
+    if not isinstance(p, dict) or not isinstance(p.get("String", p.get("Regex")), str):
+        raise ValueError(f"pattern {p!r}: expected {{\"String\": ...}} or {{\"Regex\": ...}}")
+    if "String" in p:
+        return re.compile(re.escape(p["String"]))
+    source = p["Regex"]
+    if _repeats_a_repeat(source):
+        raise ValueError(f"Split regex {source!r} repeats a group that holds a repeat (catastrophic backtracking): "
+                         "refused")
+    try:
+        regex = re.compile(translate_regex(source))
+    except re.error as e:
+        raise ValueError(f"Split regex {source!r}: {e}") from None
+    with time_limit(REGEX_SECONDS, f"Split regex {source!r} on a 1,000-character probe"):
+        for text in _PROBES:
+            for _ in regex.finditer(text):
+                pass
+    return regex
 
 
 GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"  # ByteLevel use_regex
@@ -503,5 +554,6 @@ class HFTokenizer:
 def is_supported(data: dict) -> bool:
     """Whether HFTokenizer reads this tokenizer.json for a decoder: a BPE model; RoBERTa's (RobertaProcessing) stays
     with ByteBPETokenizer, whose encode_pair writes the encoder's separators."""
-    pp = (data.get("post_processor") or {}).get("type")
-    return data.get("model", {}).get("type") == "BPE" and pp not in ("RobertaProcessing", "BertProcessing")
+    pp, model = data.get("post_processor") or {}, data.get("model") or {}
+    pp = pp.get("type") if isinstance(pp, dict) else None
+    return isinstance(model, dict) and model.get("type") == "BPE" and pp not in ("RobertaProcessing", "BertProcessing")

@@ -11,13 +11,14 @@ support/hf_tokenizer.py), ByteBPETokenizer (RoBERTa, GPT-2) or WordPieceTokenize
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import unicodedata
 from pathlib import Path
 
 import sentencepiece as spm
+
+from support.untrusted import json_object
 
 
 class SentencePieceTokenizer:
@@ -120,7 +121,7 @@ class ByteBPETokenizer:
     Every byte has a token, so nothing is ever unknown."""
 
     def __init__(self, vocab_file: str | os.PathLike, merges_file: str | os.PathLike) -> None:
-        self.encoder: dict[str, int] = json.loads(Path(vocab_file).read_text(encoding="utf-8"))
+        self.encoder: dict[str, int] = json_object(str(vocab_file))
         self.decoder = {i: token for token, i in self.encoder.items()}
         lines = Path(merges_file).read_text(encoding="utf-8").splitlines()
         # A merge's line number is its priority: the lower, the earlier it was learned and is applied.
@@ -244,19 +245,29 @@ _EXPECTED = ("expected tokenizer.model, vocab.json+merges.txt, vocab.txt or a BP
 
 
 def _json_or_empty(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return json_object(str(path)) if path.is_file() else {}
 
 
 def _bert_lowercases(directory: Path) -> bool:
     config = directory / "tokenizer_config.json"  # says whether a BERT checkpoint is cased; most are not
-    return bool(json.loads(config.read_text(encoding="utf-8")).get("do_lower_case", True)) if config.is_file() else True
+    return bool(_json_or_empty(config).get("do_lower_case", True))
+
+
+def _hf_tokenizer(data: dict, folder: Path, source: Path):
+    """HFTokenizer(tokenizer.json, tokenizer_config.json, folder); a malformed file is one line naming it."""
+    from support.hf_tokenizer import HFTokenizer  # it imports this file's byte table: import it late
+    try:
+        return HFTokenizer(data, _json_or_empty(folder / "tokenizer_config.json"), folder)
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError, RecursionError) as e:
+        why = str(e) if isinstance(e, ValueError) else f"malformed ({type(e).__name__}: {e})"
+        raise ValueError(why if why.startswith(str(folder)) else f"{source}: {why}") from None
 
 
 def load_tokenizer(path: str | os.PathLike) -> "Tokenizer | HFTokenizer":
     """The tokenizer stored at `path`: a SentencePiece .model file, a tokenizer.json, a BERT vocab.txt, or a
     directory holding (first found) tokenizer.model (SentencePiece), tokenizer.json (BPE: Llama 3, Qwen2, SmolLM2,
     ...; support/hf_tokenizer.py), vocab.json + merges.txt (byte-level BPE) or vocab.txt (BERT)."""
-    from support.hf_tokenizer import HFTokenizer, is_supported  # it imports this file's byte table: import it late
+    from support.hf_tokenizer import is_supported  # it imports this file's byte table: import it late
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"tokenizer path does not exist: {p}")
@@ -267,19 +278,19 @@ def load_tokenizer(path: str | os.PathLike) -> "Tokenizer | HFTokenizer":
             return WordPieceTokenizer(p, _bert_lowercases(p.parent))
         data = _json_or_empty(p) if p.suffix == ".json" and p.name != "vocab.json" else {}
         if is_supported(data):  # a tokenizer.json (with the tokenizer_config.json beside it)
-            return HFTokenizer(data, _json_or_empty(p.parent / "tokenizer_config.json"), p.parent)
+            return _hf_tokenizer(data, p.parent, p)
         raise ValueError(f"unsupported tokenizer file {p}: {_EXPECTED}")
     if (p / "tokenizer.model").is_file():
         return SentencePieceTokenizer(p / "tokenizer.model")
     data = _json_or_empty(p / "tokenizer.json")  # before vocab.json + merges.txt: Qwen2 and SmolLM2 ship both, and
     if is_supported(data):  # only tokenizer.json holds their rules (NFC, digit splits, added tokens)
-        return HFTokenizer(data, _json_or_empty(p / "tokenizer_config.json"), p)
+        return _hf_tokenizer(data, p, p / "tokenizer.json")
     if (p / "vocab.json").is_file() and (p / "merges.txt").is_file():
         return ByteBPETokenizer(p / "vocab.json", p / "merges.txt")
     if (p / "vocab.txt").is_file():
         return WordPieceTokenizer(p / "vocab.txt", _bert_lowercases(p))
     if (p / "tokenizer.json").is_file():
-        kind = data.get("model", {}).get("type") or "unknown"
+        kind = (data.get("model") if isinstance(data.get("model"), dict) else {}).get("type") or "unknown"
         raise ValueError(f"{p} has only tokenizer.json of a {kind} model, which is not supported (only BPE is): "
                          f"{_EXPECTED}")
     raise ValueError(f"no tokenizer found in {p}: {_EXPECTED}")

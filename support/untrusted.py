@@ -116,8 +116,8 @@ def time_limit(seconds: float, what: str):
     try:
         yield
     except TimeLimit:
-        raise ValueError(f"{what}: took longer than {seconds:g} s, stopped (a file that asks for unbounded work "
-                         f"is refused; elapsed {time.monotonic() - start:.1f} s)") from None
+        raise ValueError(f"{what}: still running after {time.monotonic() - start:.1f} s (limit {seconds:g} s): "
+                         "refused, a file may not ask for unbounded work") from None
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)

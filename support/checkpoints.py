@@ -434,6 +434,7 @@ def _fetch(url: str, tmp: str):
     redirects = HubRedirects()
     with _opener(redirects).open(_request(url), timeout=30) as r:
         size, sha = r.headers.get("Content-Length"), _expected_sha256(redirects, r.headers)
+        linked = redirects.linked.get("X-Linked-Size") or r.headers.get("X-Linked-Size")
         if size is None or not size.isdigit():
             raise OSError("no Content-Length in the response: cannot tell a whole file from a cut one")
         digest = hashlib.sha256()
@@ -445,7 +446,6 @@ def _fetch(url: str, tmp: str):
             os.fsync(f.fileno())
     if got != int(size):  # http.client ends a cut stream quietly, as if it were complete
         raise OSError(f"connection closed after {got} of {size} bytes")
-    linked = redirects.linked.get("X-Linked-Size")
     if linked is not None and linked.isdigit() and int(linked) != got:
         raise OSError(f"{got} bytes, the Hub states {linked}")
     if sha is not None and digest.hexdigest() != sha:

@@ -99,34 +99,45 @@ def set_threads(model=None):
 def check_out_folder(cfg, mcfg):
     """(the checkpoint path in --out, the method config to train), after refusing what would lose or mix up a saved
     run: --resume without a checkpoint or with other settings, and --out holding a run without --resume or
-    --overwrite. A resumed run keeps the position rule it was trained with."""
+    --overwrite. A resumed run keeps the position rule it was trained with. With --overwrite the old files are not
+    read at all (they are replaced, whatever they hold)."""
     ckpt = os.path.join(cfg.out, "checkpoint.pt")
-    saved = saved_method_config(cfg.out)
     if cfg.resume:
         if not os.path.exists(ckpt):
             raise FileNotFoundError(f"--resume: no checkpoint.pt in {cfg.out}")
+        saved = saved_method_config(cfg.out)
         if saved is not None and saved != asdict(mcfg):
             diff = ", ".join(f"{k} {saved[k]!r} there, {v!r} here" for k, v in asdict(mcfg).items()
                              if saved.get(k) != v and k != "position_rule")
             if diff:
                 raise ValueError(f"--resume: {cfg.out} holds a run with other settings ({diff}); pass the same "
                                  "flags, or another --out")
-    elif (saved is not None or os.path.exists(ckpt)) and not cfg.overwrite:
-        what = f"a {saved['method']} run (rank {saved['rank']})" if saved else "a run"
+        return ckpt, replace(mcfg, position_rule=saved["position_rule"]) if saved else mcfg
+    held = [n for n in ("checkpoint.pt", "reft.pt") if os.path.exists(os.path.join(cfg.out, n))]
+    if held and not cfg.overwrite:
+        try:
+            saved = saved_method_config(cfg.out)
+            what = f"a {saved['method']} run (rank {saved['rank']})" if saved else "a run"
+        except ValueError:  # unreadable, or not plain data: it is not read further, and still not overwritten
+            what = f"a run ({held[0]} cannot be read)"
         raise ValueError(f"{cfg.out} already holds {what}: pass --resume to continue it, --overwrite to replace it, "
                          "or another --out")
-    return ckpt, replace(mcfg, position_rule=saved["position_rule"]) if cfg.resume and saved else mcfg
+    return ckpt, mcfg
 
 
 def saved_method_config(folder: str) -> dict | None:
-    """The MethodConfig (as a dict) of the run saved in folder: from checkpoint.pt, else reft.pt; None if neither."""
+    """The MethodConfig (as a dict) of the run saved in folder: from checkpoint.pt, else reft.pt; None if neither.
+    Both are read weights-only (support/untrusted.load_torch): a file that is not plain data is a one-line error."""
     from support.saving import upgrade_config
     for name, key in (("checkpoint.pt", "config"), ("reft.pt", "config")):
         path = os.path.join(folder, name)
         if os.path.exists(path):
             blob = load_torch(path)
             if isinstance(blob, dict) and isinstance(blob.get(key), dict):
-                return asdict(upgrade_config(blob[key]))
+                try:
+                    return asdict(upgrade_config(blob[key]))
+                except TypeError as e:  # a key this version does not know
+                    raise ValueError(f"{path}: not a run saved by this project ({e})") from None
     return None
 
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 import model as M
 import reft
 from data import collate, prompt_ids, response_of, split_heldout, tokenize_examples, uses_chat
-from support import cli, compare, distributed
+from support import cli, compare, distributed, runs
 from support.checkpoints import resolve
 from support.records import read_records
 from support.saving import atomic_torch_save, load, save
@@ -72,8 +72,9 @@ class TrainConfig:
     lr_grid: str = ""  # compare: comma-separated lrs; each method first keeps its best on the eval data
     out: str = "runs/reft"  # output folder: reft.pt (the method) and checkpoint.pt (to resume)
     resume: bool = False  # continue from out/checkpoint.pt
-    overwrite: bool = False  # replace a run already saved in --out
+    overwrite: bool = False  # replace a run already saved in --out (and predictions already written)
     device: str = "cuda" if torch.cuda.is_available() else "cpu"  # cuda (bf16 autocast) or cpu (fp32)
+    dist_timeout: int = 600  # torchrun: seconds a process waits for the others before the run stops with an error
     load: str = ""  # a saved run to generate with (ours, or a pyreft folder with --positions)
     prompt: str = ""  # prompt for --load (formatted with the run's template)
     prompts_file: str = ""  # one prompt per line, generated as a batch (prompt<TAB>continuation)
@@ -158,7 +159,7 @@ def train(cfg: TrainConfig) -> dict:
     cfg = replace(cfg, lr=cfg.lr or DEFAULT_LR.get(cfg.method, 0.0))  # --lr 0: the method's own
     model, tok = load_model_and_tokenizer(cfg)
     mcfg, eos = method_config(cfg, model), end_token(model, tok, cfg.template)
-    ckpt_path, mcfg = cli.check_out_folder(cfg, mcfg)  # refuses to overwrite or mix up a saved run
+    ckpt_path, mcfg, info = cli.check_out_folder(cfg, mcfg)  # refuses to overwrite or mix up a saved run
     examples = tokenize_examples(read_records(cfg.data), tok, cfg.template, cfg.max_length, eos)
     if cfg.eval_data:
         train_ex, eval_ex = examples, tokenize_examples(read_records(cfg.eval_data), tok, cfg.template,
@@ -180,7 +181,7 @@ def train(cfg: TrainConfig) -> dict:
         step, start_epoch, start_batch = cli.load_checkpoint(ckpt_path, method, opt, sched, mcfg.method)
     scheme = mcfg.position_scheme()
     t0, tokens, stopped, first_step, curve = time.time(), 0, "", step, []  # curve: (step, loss, seconds) per step
-    with cli.StopOnCtrlC() as ctrl_c:  # Ctrl-C finishes the step in flight, saves, and says how to resume
+    with runs.StopOnSignal() as signals:  # Ctrl-C/SIGTERM finish the step in flight, save, and say how to resume
         for epoch in range(start_epoch, cfg.epochs):
             order = torch.randperm(len(train_ex), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
             batches = [order[i:i + cfg.batch_size].tolist() for i in range(0, len(order), cfg.batch_size)]
@@ -198,46 +199,51 @@ def train(cfg: TrainConfig) -> dict:
                     tokens += int(b["attention_mask"].sum())
                 ddp.count(sum(map(len, shards)))
                 ddp.all_reduce_grads(method.parameters())  # summed over processes: the single-process gradient
+                loss = ddp.sum(float(loss))  # the step's loss over all processes
+                runs.check_finite(loss, step, ckpt_path)  # NaN/inf: stop before the update, keep the last checkpoint
                 torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.max_grad_norm)
                 opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
-                step, loss = step + 1, ddp.sum(float(loss))  # the step's loss over all processes
+                step += 1
                 curve.append((step, loss, time.time() - t0))
                 if (step % 10 == 0 or step == total) and ddp.is_main:
                     el = time.time() - t0
                     eta = el / max(step - first_step, 1) * (total - step)
                     print(f"epoch {epoch + 1}/{cfg.epochs} step {step}/{total} | loss {loss:.4f} | "
                           f"lr {sched.get_last_lr()[0]:.2e} | {tokens / el:,.0f} tok/s | eta {eta:.0f}s", file=sys.stderr)
-                interrupted = ddp.sum(bool(ctrl_c.reason)) > 0  # every process stops at the same step
-                stopped = "--max-steps" if cfg.max_steps and step >= cfg.max_steps else "Ctrl-C" * interrupted
+                interrupted = ddp.sum(bool(signals.reason)) > 0  # every process stops at the same step
+                stopped = "--max-steps" if cfg.max_steps and step >= cfg.max_steps else \
+                    (signals.reason or "a signal to another process") * interrupted
                 if ddp.is_main and (stopped or (cfg.save_every > 0 and step % cfg.save_every == 0)):  # a crash
-                    save_checkpoint(ckpt_path, method, opt, sched, mcfg, step, epoch, bi + len(shards))  # loses little
+                    save_checkpoint(ckpt_path, method, opt, sched, mcfg, step, epoch, bi + len(shards), info)
                 if stopped:
                     break
             if stopped:
                 break
             if ddp.is_main:
-                save_checkpoint(ckpt_path, method, opt, sched, mcfg, step, epoch + 1, 0)
+                save_checkpoint(ckpt_path, method, opt, sched, mcfg, step, epoch + 1, 0, info)
     summary = ddp.summary()  # under torchrun: how many examples each process trained on
     ddp.close()
     if not ddp.is_main:  # process 0 alone saves and evaluates
         return {}
     if summary:
         print(summary, file=sys.stderr)
-    save(cfg.out, method, mcfg, model, extra={"train_config": asdict(cfg)})
+    save(cfg.out, method, mcfg, model, extra={"train_config": info["train_config"], "steps_done": step,
+                                              "steps_total": total})
     if stopped:
         print(f"stopped after {step} steps ({stopped}); continue with the same command and --resume", file=sys.stderr)
-        return {"step": step}
+        return {"step": step, "stopped": stopped}
     result = evaluate(model, tok, method, mcfg, eval_ex, cfg) if eval_ex else {}
     show_examples(model, tok, method, mcfg, eval_ex[:3], result.pop("preds", []), cfg)
     print(f"saved {cfg.out}/reft.pt", file=sys.stderr)
-    print(json.dumps({k: round(v, 4) for k, v in result.items()}))  # the last stdout line: metrics for scripts
+    print(runs.metrics_line(result))  # the last stdout line: metrics for scripts (strict JSON)
     return result | {"curve": curve}
 
 
-def save_checkpoint(path, method, opt, sched, mcfg, step, epoch, batch):
+def save_checkpoint(path, method, opt, sched, mcfg, step, epoch, batch, info):
+    """checkpoint.pt: what --resume needs to continue exactly, and the run's settings and data fingerprint (info)."""
     atomic_torch_save({"method": method.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                        "config": asdict(mcfg), "step": step, "epoch": epoch, "batch": batch,
-                       "rng": torch.get_rng_state()}, path)
+                       "rng": torch.get_rng_state(), **info}, path)
 
 
 @torch.no_grad()
@@ -308,20 +314,24 @@ def main(argv=None):
         argv = QUICKSTART
     cfg = parse_args(argv)
     try:
-        task = cli.task_of(cfg)
-        if "," in cfg.method or cfg.seeds > 1 or cfg.lr_grid or cfg.method == "none":  # support/compare.py
-            compare.compare(cfg, task)
-        elif task == "classify":  # the encoder's loop, metrics and data formats: support/classify.py
-            from support.classify import evaluate_saved_classifier, train_classifier
-            evaluate_saved_classifier(cfg) if cfg.load else train_classifier(cfg)
-        elif cfg.load:
-            generate_with_saved(cfg)
-        elif cfg.data:
-            train(cfg)
-        else:
-            raise ValueError("nothing to do: pass --data FILE to train, or --load DIR --prompt TEXT to generate")
+        cfg = runs.with_saved_settings(cfg, cli.given_flags(TrainConfig, argv))  # --resume: the saved run's flags
+        task, result = cli.task_of(cfg), {}
+        with runs.exclusive(cfg.out if cfg.data else ""):  # one run per --out at a time
+            if "," in cfg.method or cfg.seeds > 1 or cfg.lr_grid or cfg.method == "none":  # support/compare.py
+                compare.compare(cfg, task)
+            elif task == "classify":  # the encoder's loop, metrics and data formats: support/classify.py
+                from support.classify import evaluate_saved_classifier, train_classifier
+                result = evaluate_saved_classifier(cfg) if cfg.load else train_classifier(cfg)
+            elif cfg.load:
+                generate_with_saved(cfg)
+            elif cfg.data:
+                result = train(cfg)
+            else:
+                raise ValueError("nothing to do: pass --data FILE to train, or --load DIR --prompt TEXT to generate")
     except (ValueError, OSError, ImportError) as e:  # bad input, or jinja2 missing: one clear line
         sys.exit(f"error: {e}")
+    if (result or {}).get("stopped") in runs.EXIT_CODES:  # stopped by Ctrl-C: exit 130, by SIGTERM: 143
+        sys.exit(runs.EXIT_CODES[result["stopped"]])
 
 
 if __name__ == "__main__":

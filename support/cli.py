@@ -12,6 +12,7 @@ from dataclasses import asdict, fields, replace
 import torch
 
 from support.checkpoints import EMBEDDED_FILES, resolve
+from support.runs import StopOnSignal, check_resume, run_info
 from support.untrusted import load_torch, read_json
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -29,10 +30,16 @@ def field_help(config_cls) -> dict:
     return out
 
 
-def parse_args(config_cls, argv):
-    """A config_cls from argv: one --flag-name per field, its comment as the help, its default shown."""
+class OneLineParser(argparse.ArgumentParser):
+    """A wrong flag or value is one line ("error: argument --lr: invalid float value: 'abc'"), not the usage block."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (python {self.prog} --help lists the flags)\n")
+
+
+def _parser(config_cls, **kwargs) -> argparse.ArgumentParser:
     doc = sys.modules[config_cls.__module__].__doc__ or ""
-    p = argparse.ArgumentParser(prog="train.py", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog="train.py", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
     helps = field_help(config_cls)
     for f in fields(config_cls):
         flag, text = "--" + f.name.replace("_", "-"), helps.get(f.name, "")
@@ -40,7 +47,17 @@ def parse_args(config_cls, argv):
             p.add_argument(flag, action="store_true", help=text)
         else:
             p.add_argument(flag, type=f.type, default=f.default, help=f"{text} (default: {f.default!r})")
-    return config_cls(**vars(p.parse_args(argv)))
+    return p
+
+
+def parse_args(config_cls, argv):
+    """A config_cls from argv: one --flag-name per field, its comment as the help, its default shown."""
+    return config_cls(**vars(_parser(config_cls).parse_args(argv)))
+
+
+def given_flags(config_cls, argv) -> set:
+    """The fields argv sets explicitly (a --resume takes the saved run's value for the others)."""
+    return set(vars(_parser(config_cls, argument_default=argparse.SUPPRESS).parse_known_args(argv)[0]))
 
 
 def count_parameters(method: torch.nn.Module, model: torch.nn.Module) -> str:
@@ -97,14 +114,16 @@ def set_threads(model=None):
 
 
 def check_out_folder(cfg, mcfg):
-    """(the checkpoint path in --out, the method config to train), after refusing what would lose or mix up a saved
-    run: --resume without a checkpoint or with other settings, and --out holding a run without --resume or
-    --overwrite. A resumed run keeps the position rule it was trained with. With --overwrite the old files are not
-    read at all (they are replaced, whatever they hold)."""
+    """(the checkpoint path in --out, the method config to train, the run's info to save), after refusing what would
+    lose or mix up a saved run: --resume without a checkpoint, with other settings or changed data
+    (support/runs.check_resume), and --out holding a run without --resume or --overwrite. A resumed run keeps the
+    position rule it was trained with, and its saved settings. With --overwrite the old files are not read at all
+    (they are replaced, whatever they hold)."""
     ckpt = os.path.join(cfg.out, "checkpoint.pt")
     if cfg.resume:
         if not os.path.exists(ckpt):
             raise FileNotFoundError(f"--resume: no checkpoint.pt in {cfg.out}")
+        info = check_resume(cfg, load_torch(ckpt))
         saved = saved_method_config(cfg.out)
         if saved is not None and saved != asdict(mcfg):
             diff = ", ".join(f"{k} {saved[k]!r} there, {v!r} here" for k, v in asdict(mcfg).items()
@@ -112,7 +131,7 @@ def check_out_folder(cfg, mcfg):
             if diff:
                 raise ValueError(f"--resume: {cfg.out} holds a run with other settings ({diff}); pass the same "
                                  "flags, or another --out")
-        return ckpt, replace(mcfg, position_rule=saved["position_rule"]) if saved else mcfg
+        return ckpt, replace(mcfg, position_rule=saved["position_rule"]) if saved else mcfg, info
     held = [n for n in ("checkpoint.pt", "reft.pt") if os.path.exists(os.path.join(cfg.out, n))]
     if held and not cfg.overwrite:
         try:
@@ -122,7 +141,7 @@ def check_out_folder(cfg, mcfg):
             what = f"a run ({held[0]} cannot be read)"
         raise ValueError(f"{cfg.out} already holds {what}: pass --resume to continue it, --overwrite to replace it, "
                          "or another --out")
-    return ckpt, mcfg
+    return ckpt, mcfg, run_info(cfg)
 
 
 def saved_method_config(folder: str) -> dict | None:
@@ -183,26 +202,7 @@ def new_tokens_within(cfg, longest_prompt: int) -> int:
     return min(room, cfg.max_new_tokens)
 
 
-class StopOnCtrlC:
-    """Within `with StopOnCtrlC() as s:`, Ctrl-C (SIGINT) sets s.reason instead of raising, so the loop can finish
-    the optimizer step in flight and save a checkpoint. A second Ctrl-C stops at once."""
-
-    def __enter__(self):
-        self.reason, self.previous = "", signal.getsignal(signal.SIGINT)
-        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # main thread, Python's own handler
-            signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.reason:
-            raise KeyboardInterrupt
-        self.reason = "Ctrl-C"
-        print("\nCtrl-C: finishing this step and saving a checkpoint (Ctrl-C again to stop at once)", file=sys.stderr)
-
-    def __exit__(self, *exc):
-        if signal.getsignal(signal.SIGINT) == self._handle:
-            signal.signal(signal.SIGINT, self.previous)
-        return False
+StopOnCtrlC = StopOnSignal  # the earlier name (Ctrl-C alone)
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -222,7 +222,7 @@ def model_main(argv=None):
     import model as M
     from support.tokenizer import load_tokenizer
 
-    p = argparse.ArgumentParser(prog="model.py", description="Load a checkpoint and print the continuation of a prompt.")
+    p = OneLineParser(prog="model.py", description="Load a checkpoint and print the continuation of a prompt.")
     p.add_argument("checkpoint", help="HF folder, llama2.c .bin/.pt, or a public name such as stories260K")
     p.add_argument("--tokenizer", default="", help="tokenizer file or folder (default: the checkpoint's folder)")
     p.add_argument("--prompt", default="", help="text to continue; empty = start from BOS")

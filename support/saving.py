@@ -14,12 +14,12 @@ optimizer), so --resume continues the same trajectory.
 import json
 import os
 import re
-import tempfile
 from dataclasses import asdict, replace
 from copy import deepcopy
 
 import torch
 
+from support.runs import atomic_text, atomic_write, progress_note
 from support.untrusted import load_torch
 from reft import LoReFT, Method, MethodConfig, PrefixTuning, build_method
 
@@ -73,16 +73,8 @@ def base_fingerprint(model) -> dict:
 
 
 def atomic_torch_save(obj, path: str):
-    """Write to a temporary file in the same folder, then rename: a crash never leaves a half-written file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """torch.save through support/runs.atomic_write: a crash never leaves a half-written file."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def save(folder: str, method: Method, cfg: MethodConfig, model, extra: dict | None = None):
@@ -96,9 +88,8 @@ def save(folder: str, method: Method, cfg: MethodConfig, model, extra: dict | No
         state[prefix + "U"] = m.U.detach().cpu()
     blob = {"config": asdict(cfg), "base": base_fingerprint(model), "state_dict": state, **(extra or {})}
     atomic_torch_save(blob, os.path.join(folder, "reft.pt"))
-    with open(os.path.join(folder, "reft_config.json.tmp"), "w") as f:
-        json.dump({"config": asdict(cfg), "base": blob["base"]}, f, indent=2)
-    os.replace(os.path.join(folder, "reft_config.json.tmp"), os.path.join(folder, "reft_config.json"))
+    atomic_text(os.path.join(folder, "reft_config.json"), json.dumps({"config": asdict(cfg), "base": blob["base"]},
+                                                                     indent=2))
 
 
 def load(folder: str, model) -> tuple[Method, MethodConfig, dict]:
@@ -108,6 +99,8 @@ def load(folder: str, model) -> tuple[Method, MethodConfig, dict]:
         raise FileNotFoundError(f"{folder}: no reft.pt (a folder written by train.py --out); for a pyreft folder "
                                 "(config.json + intkey_*.bin) pass --positions as well")
     blob = load_torch(path)
+    if not isinstance(blob, dict) or not all(k in blob for k in ("config", "base", "state_dict")):
+        raise ValueError(f"{path}: not a run saved by this project (expected config, base and state_dict)")
     base, mine = blob["base"], base_fingerprint(model)
     for k in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size"):
         if base[k] != mine[k]:
@@ -123,6 +116,7 @@ def load(folder: str, model) -> tuple[Method, MethodConfig, dict]:
         set_householder_rotation(m, state.pop(prefix + "U"))
         state.update({prefix + k: v for k, v in m.state_dict().items() if k.startswith("parametrizations.")})
     method.load_state_dict(state)
+    progress_note(folder, blob)
     return method, cfg, blob
 
 

@@ -212,7 +212,7 @@ def train(cfg: TrainConfig) -> dict:
                           f"lr {sched.get_last_lr()[0]:.2e} | {tokens / el:,.0f} tok/s | eta {eta:.0f}s", file=sys.stderr)
                 interrupted = ddp.sum(bool(signals.reason)) > 0  # every process stops at the same step
                 stopped = "--max-steps" if cfg.max_steps and step >= cfg.max_steps else \
-                    (signals.reason or "a signal to another process") * interrupted
+                    (signals.reason or "SIGTERM") * interrupted  # another process's: torchrun passes SIGTERM on
                 if ddp.is_main and (stopped or (cfg.save_every > 0 and step % cfg.save_every == 0)):  # a crash
                     save_checkpoint(ckpt_path, method, opt, sched, mcfg, step, epoch, bi + len(shards), info)
                 if stopped:
@@ -224,7 +224,7 @@ def train(cfg: TrainConfig) -> dict:
     summary = ddp.summary()  # under torchrun: how many examples each process trained on
     ddp.close()
     if not ddp.is_main:  # process 0 alone saves and evaluates
-        return {}
+        return {"stopped": stopped} if stopped in runs.EXIT_CODES else {}
     if summary:
         print(summary, file=sys.stderr)
     save(cfg.out, method, mcfg, model, extra={"train_config": info["train_config"], "steps_done": step,

@@ -8,6 +8,7 @@ setting), and PEDRO's generators read its first token (`--pooling mean`: all of 
 `evaluate_saved_classifier`.
 """
 import csv
+import io
 import json
 import math
 import os
@@ -22,8 +23,8 @@ import model as M
 import reft
 import train
 from data import collate, split_heldout
-from support import cli
-from support.records import read_jsonl
+from support import cli, runs
+from support.records import check_text, read_jsonl, read_text
 from support.saving import load, save
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -49,8 +50,12 @@ def _rows(path: str) -> tuple[list[str], list[tuple[dict, str]]]:
         return (list(rows[0][0]) if rows and isinstance(rows[0][0], dict) else []), rows
     if not path.endswith((".csv", ".tsv")):
         raise ValueError(f"{path}: classification data must be .jsonl, .csv or .tsv")
-    with open(path, encoding="utf-8", newline="") as f:
-        lines = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if path.endswith(".tsv") else csv.reader(f))
+    reader = csv.reader(io.StringIO(read_text(path), newline=""), **(
+        {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if path.endswith(".tsv") else {}))
+    try:
+        lines = list(reader)
+    except csv.Error as e:  # a field over csv.field_size_limit(), a NUL byte, ...
+        raise ValueError(f"{path}:{reader.line_num}: {e}") from None
     if lines and len(lines[0]) == 4 and lines[0][1] in ("0", "1"):  # CoLA: data from the first line on
         lines = [COLA_COLUMNS] + lines
     head = lines[0] if lines else []
@@ -86,12 +91,27 @@ def read_classification(path: str, like: dict | None = None) -> tuple[list[dict]
                 raise ValueError(f"{where}: missing or empty {col!r}" + (col == pair) * " (a pair task: two texts)")
         if not pair and row.get("text_pair"):
             raise ValueError(f"{where}: a text_pair, but the first record has a single text (mixed tasks)")
-        try:
-            y = float(row[label]) if task["regression"] else str(row[label])
-        except ValueError:
-            raise ValueError(f"{where}: score {row[label]!r} is not a number") from None
-        records.append({"text": str(row[text]), "pair": str(row[pair]) if pair else None, "label": y, "where": where})
+        records.append({"text": check_text(row[text], where, text),
+                        "pair": check_text(row[pair], where, pair) if pair else None,
+                        "label": label_value(row[label], task["regression"], where), "where": where})
     return records, task
+
+
+def label_value(value, regression: bool, where: str):
+    """A class name (a string or an integer: "positive", 1) or a score (a finite number, or a string of one)."""
+    if regression:
+        try:
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                raise ValueError
+            y = float(value)
+        except (ValueError, OverflowError):
+            raise ValueError(f"{where}: score {value!r} is not a number") from None
+        if not math.isfinite(y):
+            raise ValueError(f"{where}: score {value!r} is not a finite number")
+        return y
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValueError(f"{where}: label {value!r} must be a class name (a string) or a class number (an integer)")
+    return check_text(str(value), where, "label")
 
 
 def is_classification_file(path: str) -> bool:
@@ -99,9 +119,8 @@ def is_classification_file(path: str) -> bool:
     if path.endswith((".csv", ".tsv")):
         return True
     try:
-        with open(path, encoding="utf-8") as f:
-            first = json.loads(next(line for line in f if line.strip()))
-    except (OSError, ValueError, StopIteration):
+        first = json.loads(next(line for line in read_text(path).split("\n") if line.strip()))
+    except (OSError, ValueError, StopIteration, RecursionError):
         return False  # not ours: the instruction reader gives the error
     return isinstance(first, dict) and ("label" in first or "score" in first)
 
@@ -228,11 +247,10 @@ def evaluate_classifier(model, tok, method, mcfg, examples, labels, cfg) -> tupl
 
 
 def write_predictions(path: str, examples, preds, labels):
-    with open(path, "w", encoding="utf-8") as f:
-        for e, p in zip(examples, preds):
-            r = e["record"]
-            f.write(json.dumps({"text": r["text"], "text_pair": r["pair"], "label": r["label"],
-                                "prediction": labels[p] if labels else p}) + "\n")
+    """One JSON line per example: text, text_pair, label, prediction (written atomically)."""
+    runs.atomic_text(path, "".join(json.dumps({"text": e["record"]["text"], "text_pair": e["record"]["pair"],
+                                               "label": e["record"]["label"], "prediction": labels[p] if labels else p})
+                                   + "\n" for e, p in zip(examples, preds)))
 
 
 def classification_data(cfg, tok, max_length: int):
@@ -240,6 +258,9 @@ def classification_data(cfg, tok, max_length: int):
     records, task = read_classification(cfg.data)
     records = subsample(records, cfg.max_examples, cfg.seed)
     labels = label_names(records, task)
+    if not task["regression"] and len(labels) < 2:
+        raise ValueError(f"{cfg.data}: every record has the label {labels[0]!r}: classification needs at least two "
+                         "classes (a regression target goes in a score column)")
     if not cfg.eval_data:
         train_rec, eval_rec = split_heldout(records, cfg.eval_fraction, cfg.seed)
     else:
@@ -268,8 +289,11 @@ def train_classifier(cfg) -> dict:
                              f"which needs an encoder (RoBERTa or BERT), and {cfg.model} is a decoder; language-model "
                              "training reads .jsonl/.json records with prompt and response")
         raise ValueError(f"--task classify needs an encoder (RoBERTa or BERT); {cfg.model} is a decoder")
+    if cfg.resume:  # the language-model loop resumes; this one keeps the best epoch and starts over
+        raise ValueError("--resume: a classification run cannot be resumed; train it again with --overwrite")
     train_ex, eval_ex, task, labels = classification_data(cfg, tok, min(cfg.max_length, model.config.max_length))
     mcfg = train.method_config(cfg, model, task="classify")
+    cli.check_out_folder(cfg, mcfg)  # the same guard as language-model runs: --overwrite replaces a saved run
     method = build_method(mcfg, model)
     print(cli.count_parameters(method, model), file=sys.stderr)
     head = model.add_classifier(max(len(labels), 1)).float()  # fp32 head: it trains, as the method does
@@ -299,6 +323,7 @@ def train_classifier(cfg) -> dict:
                 with train.autocast(cfg.device):
                     loss = classification_loss(classifier_logits(model, method, b), b["labels"])
                 (loss * len(idx) / len(step_ex)).backward()
+            runs.check_finite(loss.item(), step, os.path.join(cfg.out, "reft.pt"))
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
             step += 1
@@ -319,7 +344,7 @@ def train_classifier(cfg) -> dict:
             write_predictions(os.path.join(cfg.out, "predictions.jsonl"), eval_ex, preds, labels)
     print(f"saved {cfg.out}/reft.pt and predictions.jsonl (epoch {best['epoch']}, best {task['metric']})",
           file=sys.stderr)
-    print(json.dumps(best))  # the last stdout line: metrics for scripts
+    print(runs.metrics_line(best))  # the last stdout line: metrics for scripts (strict JSON)
     return best | {"curve": curve, "metric": task["metric"]}
 
 
@@ -327,6 +352,8 @@ def evaluate_saved_classifier(cfg) -> dict:
     """--load RUN --eval-data FILE: the saved method and head on FILE, with the labels they were trained on."""
     if not cfg.eval_data:
         raise ValueError("--load RUN --task classify evaluates a saved run: pass --eval-data FILE")
+    out = os.path.join(cfg.load, f"predictions_{os.path.splitext(os.path.basename(cfg.eval_data))[0]}.jsonl")
+    runs.refuse_overwrite(out, cfg.overwrite)  # a file the user has is replaced only with --overwrite
     model, tok = train.load_model_and_tokenizer(cfg)
     method, mcfg, blob = load(cfg.load, model)
     if "head" not in blob:
@@ -337,8 +364,7 @@ def evaluate_saved_classifier(cfg) -> dict:
     max_length = min(blob["train_config"]["max_length"], model.config.max_length)
     examples = encode_classification(records, tok, labels, max_length)
     metrics, preds = evaluate_classifier(model, tok, method, mcfg, examples, labels, cfg)
-    out = os.path.join(cfg.load, f"predictions_{os.path.splitext(os.path.basename(cfg.eval_data))[0]}.jsonl")
     write_predictions(out, examples, preds, labels)
     print(f"predictions: {out}", file=sys.stderr)
-    print(json.dumps(metrics))
+    print(runs.metrics_line(metrics))
     return metrics

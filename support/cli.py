@@ -37,16 +37,18 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (python {self.prog} --help lists the flags)\n")
 
 
-def _parser(config_cls, **kwargs) -> argparse.ArgumentParser:
+def _parser(config_cls, only_given: bool = False) -> argparse.ArgumentParser:
+    """One --flag per field; only_given: flags not on the command line are left out of the result."""
     doc = sys.modules[config_cls.__module__].__doc__ or ""
-    p = OneLineParser(prog="train.py", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+    p = OneLineParser(prog="train.py", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     helps = field_help(config_cls)
     for f in fields(config_cls):
         flag, text = "--" + f.name.replace("_", "-"), helps.get(f.name, "")
+        default = argparse.SUPPRESS if only_given else f.default
         if f.type is bool:
-            p.add_argument(flag, action="store_true", help=text)
+            p.add_argument(flag, action="store_true", help=text, **({"default": default} if only_given else {}))
         else:
-            p.add_argument(flag, type=f.type, default=f.default, help=f"{text} (default: {f.default!r})")
+            p.add_argument(flag, type=f.type, default=default, help=f"{text} (default: {f.default!r})")
     return p
 
 
@@ -57,7 +59,7 @@ def parse_args(config_cls, argv):
 
 def given_flags(config_cls, argv) -> set:
     """The fields argv sets explicitly (a --resume takes the saved run's value for the others)."""
-    return set(vars(_parser(config_cls, argument_default=argparse.SUPPRESS).parse_known_args(argv)[0]))
+    return set(vars(_parser(config_cls, only_given=True).parse_known_args(argv)[0]))
 
 
 def count_parameters(method: torch.nn.Module, model: torch.nn.Module) -> str:

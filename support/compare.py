@@ -39,6 +39,7 @@ import reft
 from data import collate, split_heldout, tokenize_examples
 from support.measure import static_bytes, transient_peak
 from support.records import read_records
+from support.runs import EXIT_CODES, atomic_text
 from support.untrusted import read_json
 
 METHODS = ("none", "loreft", "direft", "prefix", "pedro", "lora")  # train.py imports this file: `import train` is late
@@ -122,6 +123,8 @@ def finished_run(c) -> dict | None:
         return None
     saved = read_json(path)
     now = settings(c)
+    if not (isinstance(saved, dict) and isinstance(saved.get("settings"), dict) and "result" in saved):
+        raise ValueError(f"{path}: not a result.json written by a comparison (pass --overwrite to train again)")
     diff = [f"{k} {v!r} there, {now.get(k)!r} here" for k, v in saved["settings"].items() if now.get(k) != v]
     if diff:
         raise ValueError(f"--resume: {c.out} was trained with other settings ({', '.join(diff)}); pass the same flags, "
@@ -154,14 +157,11 @@ def run_one(cfg, task: str, method: str, seed: int, lr: float | None) -> dict:
                 result = train.train(c)
     except KeyboardInterrupt:
         result = {}
-    if "curve" not in result:  # Ctrl-C: train.train saved a checkpoint (the others stop where they are)
-        raise SystemExit(f"comparison stopped during {name}; continue it with the same command and --resume")
+    if "curve" not in result:  # Ctrl-C/SIGTERM: train.train saved a checkpoint (the others stop where they are)
+        print(f"comparison stopped during {name}; continue it with the same command and --resume", file=sys.stderr)
+        raise SystemExit(EXIT_CODES.get(result.get("stopped"), 130))  # 130 Ctrl-C, 143 SIGTERM: stopped, resumable
     result = result | {"wall_s": time.time() - t0, "cpu_s": time.process_time() - cpu0, "folder": out}
-    os.makedirs(out, exist_ok=True)  # the frozen language model's run saves nothing else
-    tmp = os.path.join(out, RESULT + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump({"settings": settings(c), "result": result}, f)
-    os.replace(tmp, os.path.join(out, RESULT))  # atomic: a result.json is always whole
+    atomic_text(os.path.join(out, RESULT), json.dumps({"settings": settings(c), "result": result}))  # always whole
     return result
 
 
@@ -368,14 +368,13 @@ def compare(cfg, task: str) -> list[dict]:
     metrics = [k for k in rows[-1] if isinstance(rows[-1][k], dict) and "mean" in rows[-1][k]]
     metrics = sorted(metrics, key=lambda k: (k != metric, k))  # the main metric first
     md = table(rows, metrics, task, seeds, grid)
-    with open(os.path.join(cfg.out, "compare.json"), "w") as f:
-        json.dump(rows, f, indent=1)
-    with open(os.path.join(cfg.out, "compare.md"), "w") as f:
-        f.write(md)
+    atomic_text(os.path.join(cfg.out, "compare.json"), json.dumps(rows, indent=1))
+    atomic_text(os.path.join(cfg.out, "compare.md"), md)
     if plot(rows, metric, task, os.path.join(cfg.out, "compare.png")):
         print(f"wrote {cfg.out}/compare.json, compare.md, compare.png", file=sys.stderr)
     else:
         print(f"wrote {cfg.out}/compare.json, compare.md", file=sys.stderr)
     print(md)
-    print(json.dumps({r["method"]: {k: round(r[k]["mean"], 4) for k in metrics if k in r} for r in rows}))
+    finite = lambda v: round(v, 4) if math.isfinite(v) else None  # strict JSON: no NaN
+    print(json.dumps({r["method"]: {k: finite(r[k]["mean"]) for k in metrics if k in r} for r in rows}))
     return rows

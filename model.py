@@ -540,17 +540,8 @@ def generate(model: Llama, input_ids, attention_mask=None, max_new_tokens: int =
     ### END SOLUTION generate
 
 
-# -----------------------------------------------------------------------------------------------------------------
-# Loading public weights: the formats (HF folders, llama2.c exports), renames and downloads are in support/checkpoints.py
-
-
-def from_pretrained(path: str, dtype=None, device=None) -> "Llama | Encoder":
-    """A Hugging Face folder (config.json + weights), a llama2.c .bin/.pt checkpoint or a public name (stories260K
-    ships with the project). dtype None keeps the checkpoint's dtype (llama2.c: fp32)."""
-    from support.checkpoints import from_pretrained as load  # support imports this file: import it late
-    return load(path, dtype, device)
-
-
+# Loading public weights (Hugging Face folders, llama2.c exports, downloads) is support/checkpoints.from_pretrained:
+# formats sit above this file, which imports nothing of the project.
 if __name__ == "__main__":  # python model.py CHECKPOINT [--tokenizer FILE] --prompt TEXT --max-new-tokens N
     from support.cli import model_main
     model_main()

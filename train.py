@@ -13,7 +13,6 @@ support/classify.py):
 Every flag is a field of TrainConfig (--grad-accum sets grad_accum, and so on); `python train.py --help` lists them,
 each field's comment as its help.
 """
-import json
 import math
 import os
 import sys
@@ -25,11 +24,11 @@ import torch.nn.functional as F
 
 import model as M
 import reft
-from data import collate, prompt_ids, response_of, split_heldout, tokenize_examples, uses_chat
-from support import cli, compare, distributed, runs
-from support.checkpoints import resolve
+from data import collate, response_of, split_heldout, tokenize_examples, uses_chat
+from support import distributed, flags, runs
+from support.checkpoints import from_pretrained, tokenizer_path
 from support.records import read_records
-from support.saving import atomic_torch_save, load, save
+from support.saving import atomic_torch_save, save
 from support.tokenizer import load_tokenizer
 
 
@@ -81,15 +80,12 @@ class TrainConfig:
     max_new_tokens: int = 32  # tokens to generate per prompt
 
 
-# `python train.py` with no arguments: the quick start on the model that ships with the project
-QUICKSTART = ["--model", "stories260K", "--data", "examples/steer_train.jsonl", "--eval-data",
-              "examples/steer_eval.jsonl", "--method", "loreft", "--out", "runs/steer"]
 DEFAULT_POSITIONS = {"lm": "f3+l3", "classify": "f3"}  # lm: the quick start's; classify: the paper's GLUE "p3"
 DEFAULT_LR = {"loreft": 1e-2, "direft": 1e-2, "prefix": 1e-2, "pedro": 1e-2, "lora": 3e-3}  # README "Compare methods"
 
 
 def parse_args(argv=None) -> TrainConfig:
-    return cli.parse_args(TrainConfig, argv)  # one --flag per field, the comments above as help
+    return flags.parse_args(TrainConfig, argv)  # one --flag per field, the comments above as help
 
 
 def method_config(cfg: TrainConfig, model, task: str = "lm") -> reft.MethodConfig:
@@ -133,10 +129,10 @@ def autocast(device: str):
 
 def load_model_and_tokenizer(cfg: TrainConfig):
     dtype = torch.bfloat16 if cfg.device.startswith("cuda") else torch.float32
-    model = M.from_pretrained(cfg.model, dtype=dtype, device=cfg.device)
+    model = from_pretrained(cfg.model, dtype=dtype, device=cfg.device)
     model.requires_grad_(False)  # the base stays frozen: only the method trains
-    cli.set_threads(model)  # one CPU thread for tiny models (REFT_THREADS overrides)
-    return model, load_tokenizer(cli.tokenizer_path(cfg.model, cfg.tokenizer))
+    runs.set_threads(model)  # one CPU thread for tiny models (REFT_THREADS overrides)
+    return model, load_tokenizer(tokenizer_path(cfg.model, cfg.tokenizer))
 
 
 def end_token(model, tok, template: str = "auto") -> int | None:
@@ -159,7 +155,7 @@ def train(cfg: TrainConfig) -> dict:
     cfg = replace(cfg, lr=cfg.lr or DEFAULT_LR.get(cfg.method, 0.0))  # --lr 0: the method's own
     model, tok = load_model_and_tokenizer(cfg)
     mcfg, eos = method_config(cfg, model), end_token(model, tok, cfg.template)
-    ckpt_path, mcfg, info = cli.check_out_folder(cfg, mcfg)  # refuses to overwrite or mix up a saved run
+    ckpt_path, mcfg, info = runs.check_out_folder(cfg, mcfg)  # refuses to overwrite or mix up a saved run
     examples = tokenize_examples(read_records(cfg.data), tok, cfg.template, cfg.max_length, eos)
     if cfg.eval_data:
         train_ex, eval_ex = examples, tokenize_examples(read_records(cfg.eval_data), tok, cfg.template,
@@ -169,7 +165,7 @@ def train(cfg: TrainConfig) -> dict:
     method = reft.build_method(mcfg, model)
     method.train()
     if ddp.is_main:
-        print(cli.count_parameters(method, model), file=sys.stderr)
+        print(runs.count_parameters(method, model), file=sys.stderr)
     # AdamW over the method's parameters only, none of them decayed (weight decay would shrink LoReFT's R);
     # foreach: one multi-tensor update rather than a Python loop over the tensors (PyTorch's default on CUDA)
     opt = torch.optim.AdamW([{"params": list(method.parameters()), "weight_decay": 0.0}], lr=cfg.lr, foreach=True)
@@ -178,7 +174,7 @@ def train(cfg: TrainConfig) -> dict:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 if cfg.constant_lr else lr_factor(s, warm, total))
     step, start_epoch, start_batch = 0, 0, 0
     if cfg.resume:  # everything needed to continue exactly where the run stopped
-        step, start_epoch, start_batch = cli.load_checkpoint(ckpt_path, method, opt, sched, mcfg.method)
+        step, start_epoch, start_batch = runs.load_checkpoint(ckpt_path, method, opt, sched, mcfg.method)
     scheme = mcfg.position_scheme()
     t0, tokens, stopped, first_step, curve = time.time(), 0, "", step, []  # curve: (step, loss, seconds) per step
     with runs.StopOnSignal() as signals:  # Ctrl-C/SIGTERM finish the step in flight, save, and say how to resume
@@ -285,54 +281,6 @@ def show_examples(model, tok, method, mcfg, examples, preds, cfg):
               f"  {mcfg.method}: {p!r}")
 
 
-def generate_with_saved(cfg: TrainConfig):
-    """--load RUN --prompt TEXT (or --prompts-file FILE): continuations with a saved method."""
-    model, tok = load_model_and_tokenizer(cfg)
-    if os.path.exists(os.path.join(cfg.load, "reft.pt")):
-        method, mcfg, blob = load(cfg.load, model)
-        template = blob.get("train_config", {}).get("template", cfg.template)
-    else:  # a pyreft folder: positions are not saved there, so they come from --positions
-        method, mcfg = cli.load_pyreft_run(cfg.load, model, cfg.positions)
-        template = cfg.template
-    method.eval()
-    prompts = cli.read_prompts(cfg)
-    examples = []
-    for text in prompts:
-        ids = prompt_ids({"prompt": text}, tok, template)
-        examples.append({"input_ids": ids, "prompt_len": len(ids)})
-    new = cli.new_tokens_within(cfg, max(len(e["input_ids"]) for e in examples))  # --max-length caps prompt + new
-    outs = generate_ids(model, tok, method, mcfg, examples, new, cfg.device, template)
-    whole = not (cfg.prompts_file or uses_chat(template, tok))  # a chat's reply is not a continuation of its text
-    for text, e, ids in zip(prompts, examples, outs):  # decode prompt + continuation together: exact spacing
-        print(tok.decode(e["input_ids"] + ids) if whole else f"{text}\t{tok.decode(ids)}")
-
-
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv:
-        print(f"no arguments: the quick start, python train.py {' '.join(QUICKSTART)}", file=sys.stderr)
-        argv = QUICKSTART
-    cfg = parse_args(argv)
-    try:
-        cfg = runs.with_saved_settings(cfg, cli.given_flags(TrainConfig, argv))  # --resume: the saved run's flags
-        task, result = cli.task_of(cfg), {}
-        with runs.exclusive(cfg.out if cfg.data else ""):  # one run per --out at a time
-            if "," in cfg.method or cfg.seeds > 1 or cfg.lr_grid or cfg.method == "none":  # support/compare.py
-                compare.compare(cfg, task)
-            elif task == "classify":  # the encoder's loop, metrics and data formats: support/classify.py
-                from support.classify import evaluate_saved_classifier, train_classifier
-                result = evaluate_saved_classifier(cfg) if cfg.load else train_classifier(cfg)
-            elif cfg.load:
-                generate_with_saved(cfg)
-            elif cfg.data:
-                result = train(cfg)
-            else:
-                raise ValueError("nothing to do: pass --data FILE to train, or --load DIR --prompt TEXT to generate")
-    except (ValueError, OSError, ImportError) as e:  # bad input, or jinja2 missing: one clear line
-        sys.exit(f"error: {e}")
-    if (result or {}).get("stopped") in runs.EXIT_CODES:  # stopped by Ctrl-C: exit 130, by SIGTERM: 143
-        sys.exit(runs.EXIT_CODES[result["stopped"]])
-
-
-if __name__ == "__main__":
+if __name__ == "__main__":  # the command line sits on top of this file (support/cli.py); it may reach up
+    from support.cli import main
     main()

@@ -51,6 +51,8 @@ import train  # noqa: E402
 from data import response_of, tokenize_examples  # noqa: E402
 from support.records import read_records  # noqa: E402
 from support.tokenizer import load_tokenizer  # noqa: E402
+from support.checkpoints import from_pretrained  # noqa: E402
+from support import runs  # noqa: E402
 
 FIRST, LAST = 3, 3  # f3+l3
 
@@ -212,7 +214,7 @@ def main(argv=None):
     folder = tempfile.mkdtemp(prefix="e2e_")
     try:
         data, eval_data = (subset(f, args.max_examples, folder) for f in (args.data, args.eval_data))
-        hf, err = hf_llama(M.from_pretrained(args.model))
+        hf, err = hf_llama(from_pretrained(args.model))
         tok_dir = os.path.join(folder, "tok")  # WORKAROUND: LlamaTokenizer reads a folder's tokenizer.model
         os.makedirs(tok_dir)
         shutil.copy(args.tokenizer, os.path.join(tok_dir, "tokenizer.model"))

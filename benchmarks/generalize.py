@@ -55,6 +55,7 @@ from e2e import hf_llama  # noqa: E402
 from support.records import read_records  # noqa: E402
 from support.saving import load  # noqa: E402
 from support.tokenizer import load_tokenizer  # noqa: E402
+from support.checkpoints import from_pretrained  # noqa: E402
 
 RECIPES = {
     "pyreft": dict(share_weights=True, rank=4, lr=4e-3, constant_lr=True, warmup=0.0, batch_size=1, epochs=60),
@@ -289,7 +290,7 @@ def main(argv=None):
     tok = load_tokenizer(args.tokenizer)
     train_ex = tokenize_examples(read_records(args.data), tok, "auto", 256, args.end_token)
     eval_ex = tokenize_examples(read_records(args.eval_data), tok, "auto", 256, args.end_token)
-    model = M.from_pretrained(args.model).requires_grad_(False)
+    model = from_pretrained(args.model).requires_grad_(False)
     seeds = [int(s) for s in args.seeds.split(",")]
     sides = [s for s in args.sides.split(",") if s]
     folder, hf, tok_dir = tempfile.mkdtemp(prefix="generalize_"), None, None

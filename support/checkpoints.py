@@ -638,3 +638,14 @@ def from_pretrained(path: str, dtype=None, device=None) -> "Llama | Encoder":
                          f".bin export or .pt training checkpoint, or a model name ({', '.join(PUBLIC_FILES)})")
     return model.to(device=device, dtype=dtype).eval()
 
+
+def tokenizer_path(model: str, tokenizer: str) -> str:
+    """--tokenizer, else the model's folder; the shipped stories260K's tokenizer is tok512.model."""
+    if tokenizer:
+        return resolve(tokenizer)
+    path = resolve(model)
+    if os.path.isdir(path):
+        return path
+    if os.path.abspath(path) == os.path.abspath(EMBEDDED_FILES["stories260K"]):
+        return EMBEDDED_FILES["tok512.model"]
+    raise ValueError("a llama2.c checkpoint needs --tokenizer (e.g. tok512.model for stories260K)")

@@ -23,7 +23,7 @@ import model as M
 import reft
 import train
 from data import collate, split_heldout
-from support import cli, runs
+from support import files, runs
 from support.records import check_text, read_jsonl, read_text
 from support.saving import load, save
 
@@ -248,7 +248,7 @@ def evaluate_classifier(model, tok, method, mcfg, examples, labels, cfg) -> tupl
 
 def write_predictions(path: str, examples, preds, labels):
     """One JSON line per example: text, text_pair, label, prediction (written atomically)."""
-    runs.atomic_text(path, "".join(json.dumps({"text": e["record"]["text"], "text_pair": e["record"]["pair"],
+    files.atomic_text(path, "".join(json.dumps({"text": e["record"]["text"], "text_pair": e["record"]["pair"],
                                                "label": e["record"]["label"], "prediction": labels[p] if labels else p})
                                    + "\n" for e, p in zip(examples, preds)))
 
@@ -293,9 +293,9 @@ def train_classifier(cfg) -> dict:
         raise ValueError("--resume: a classification run cannot be resumed; train it again with --overwrite")
     train_ex, eval_ex, task, labels = classification_data(cfg, tok, min(cfg.max_length, model.config.max_length))
     mcfg = train.method_config(cfg, model, task="classify")
-    cli.check_out_folder(cfg, mcfg)  # the same guard as language-model runs: --overwrite replaces a saved run
+    runs.check_out_folder(cfg, mcfg)  # the same guard as language-model runs: --overwrite replaces a saved run
     method = build_method(mcfg, model)
-    print(cli.count_parameters(method, model), file=sys.stderr)
+    print(runs.count_parameters(method, model), file=sys.stderr)
     head = model.add_classifier(max(len(labels), 1)).float()  # fp32 head: it trains, as the method does
     print(f"head params: {sum(p.numel() for p in head.parameters()):,} (trained, counted apart)", file=sys.stderr)
     # the method is never decayed (it would shrink LoReFT's R); the head is, by --weight-decay
@@ -353,7 +353,7 @@ def evaluate_saved_classifier(cfg) -> dict:
     if not cfg.eval_data:
         raise ValueError("--load RUN --task classify evaluates a saved run: pass --eval-data FILE")
     out = os.path.join(cfg.load, f"predictions_{os.path.splitext(os.path.basename(cfg.eval_data))[0]}.jsonl")
-    runs.refuse_overwrite(out, cfg.overwrite)  # a file the user has is replaced only with --overwrite
+    files.refuse_overwrite(out, cfg.overwrite)  # a file the user has is replaced only with --overwrite
     model, tok = train.load_model_and_tokenizer(cfg)
     method, mcfg, blob = load(cfg.load, model)
     if "head" not in blob:

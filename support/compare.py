@@ -39,7 +39,8 @@ import reft
 from data import collate, split_heldout, tokenize_examples
 from support.measure import static_bytes, transient_peak
 from support.records import read_records
-from support.runs import EXIT_CODES, atomic_text
+from support.files import atomic_text
+from support.runs import EXIT_CODES
 from support.untrusted import read_json
 
 METHODS = ("none", "loreft", "direft", "prefix", "pedro", "lora")  # train.py imports this file: `import train` is late

@@ -28,7 +28,7 @@ import re
 import unicodedata
 from pathlib import Path
 
-from support.tokenizer import _WHITESPACE, _bytes_to_unicode, bpe_merge
+from support.bpe import _WHITESPACE, _bytes_to_unicode, bpe_merge
 from support.untrusted import time_limit
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -439,8 +439,7 @@ class HFTokenizer:
         self.eos_id = role.get("eos_token")
         self.unk_id = self.token_to_id.get(unk) if unk else None
         self.pad_id: int = next((i for i in (role.get("pad_token"), self.eos_id, self.bos_id) if i is not None), 0)
-        from support.chat import load_chat_template  # support/chat.py renders with this tokenizer: import late
-        self.chat = load_chat_template(folder, config, self) if folder is not None else None
+        self.chat = None  # the folder's chat template, attached by support/tokenizer.load_tokenizer
 
     # -- matching added tokens
 

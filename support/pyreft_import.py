@@ -149,3 +149,12 @@ def load_pyreft(folder: str, model, positions: str) -> tuple[Method, MethodConfi
                 iv.W1.bias.copy_(sd["learned_source.bias"])
                 iv.W2.copy_(sd["proj_layer.weight"])
     return method, mcfg
+
+
+def load_pyreft_run(folder: str, model, positions: str):
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"--load {folder}: no such folder (a train.py --out folder or a pyreft save)")
+    if not positions:
+        raise ValueError("a pyreft folder does not store positions: pass the --positions it was trained with "
+                         "(e.g. --positions f1+l1)")
+    return load_pyreft(folder, model, positions)

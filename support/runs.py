@@ -1,13 +1,16 @@
-"""Nothing a user saved is lost: one run per --out at a time, atomic files, resuming exactly the saved run, signals,
-strict metrics lines. train.py and support/classify.py call these at their edges.
+"""A training run's folder and life: nothing a user saved is lost. The loop in train.py calls these at its edges.
 
   exclusive(folder)            a lock for the whole run (the second run into the same --out says who holds it);
                                temporary files a killed run left there are removed once the lock is held
-  atomic_write(path, write)    a temporary name unique to the process, fsync, rename: a file is old or new, never half
+  check_out_folder(cfg, mcfg)  --out holding a run needs --resume or --overwrite
   with_saved_settings(cfg, given)   --resume: flags not given take the saved run's values
   check_resume(cfg, blob)      --resume: any other setting, or a changed data file, is refused with the differences
+  load_checkpoint(...)         --resume: weights, optimizer, schedule and RNG as they were
   StopOnSignal                 Ctrl-C (SIGINT) and SIGTERM finish the step in flight and save; exit 130 / 143
+  check_finite(loss, ...)      a NaN/inf loss stops the run before the update
   metrics_line(result)         the last stdout line, strict JSON (NaN and infinities become null)
+  count_parameters, set_threads     what a run prints, and CPU threads for tiny models
+Files are written by support/files.atomic_write (temporary name, fsync, rename).
 """
 from __future__ import annotations
 
@@ -18,12 +21,17 @@ import os
 import signal
 import socket
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import fields, replace
+from dataclasses import asdict, fields, replace
 
-LOCK, TMP_PREFIX = ".reft.lock", ".reft-tmp-"
+import torch
+
+from support.files import remove_stale_temporaries
+from support.saving import upgrade_config, upgrade_state_dict
+from support.untrusted import load_torch
+
+LOCK = ".reft.lock"
 # settings a --resume may change: how far it goes, how often it saves, where it runs (everything else is the run)
 RESUMABLE_CHANGES = ("resume", "overwrite", "max_steps", "save_every", "device", "dist_timeout", "out")
 EXIT_CODES = {"Ctrl-C": 130, "SIGTERM": 143}  # the shell's codes for a process stopped by SIGINT / SIGTERM
@@ -68,50 +76,6 @@ def exclusive(folder: str):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def remove_stale_temporaries(folder: str):
-    """Temporary files of this project (TMP_PREFIX) left in folder and its sub-folders by a killed run."""
-    for root, _, files in os.walk(folder):
-        for name in files:
-            if name.startswith(TMP_PREFIX):
-                try:
-                    os.remove(os.path.join(root, name))
-                except OSError:
-                    pass
-
-
-def atomic_write(path: str, write, mode: str = "wb"):
-    """write(f) into a temporary file of this process beside path, fsync it, then rename it over path (and fsync
-    the folder): a crash, SIGKILL or full disk leaves the old file or the new one, never a mix."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{TMP_PREFIX}{os.path.basename(path)}.{os.getpid()}.")
-    try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        if hasattr(os, "O_DIRECTORY"):  # the rename itself survives a power cut once the folder is synced
-            dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def atomic_text(path: str, text: str):
-    atomic_write(path, lambda f: f.write(text), mode="w")
-
-
-def refuse_overwrite(path: str, overwrite: bool):
-    """A file the user has (predictions, ...) is replaced only with --overwrite."""
-    if os.path.exists(path) and not overwrite:
-        raise ValueError(f"{path} exists: pass --overwrite to replace it")
-
-
 # -----------------------------------------------------------------------------------------------------------------
 # --resume: the saved run, exactly
 
@@ -131,12 +95,10 @@ def fingerprint(cfg) -> dict:
 
 def run_info(cfg) -> dict:
     """What a checkpoint records of its run: every setting (TrainConfig) and the data fingerprint."""
-    from dataclasses import asdict
     return {"train_config": asdict(cfg), "data_fingerprint": fingerprint(cfg)}
 
 
 def _saved_train_config(folder: str) -> dict | None:
-    from support.untrusted import load_torch
     path = os.path.join(folder, "checkpoint.pt")
     if not os.path.exists(path):
         return None
@@ -173,12 +135,64 @@ def check_resume(cfg, blob: dict) -> dict:
     return {"train_config": saved, "data_fingerprint": old_data}
 
 
-def progress_note(folder: str, blob: dict):
-    """--load of a run that stopped before its last step says so."""
-    done, total = blob.get("steps_done"), blob.get("steps_total")
-    if isinstance(done, int) and isinstance(total, int) and done < total:
-        print(f"note: {folder} trained {done} of {total} steps (it was stopped; continue it with --resume)",
-              file=sys.stderr)
+# -----------------------------------------------------------------------------------------------------------------
+# The run folder: --out, --resume
+
+
+def check_out_folder(cfg, mcfg):
+    """(the checkpoint path in --out, the method config to train, the run's info to save), after refusing what would
+    lose or mix up a saved run: --resume without a checkpoint, with other settings or changed data
+    (support/runs.check_resume), and --out holding a run without --resume or --overwrite. A resumed run keeps the
+    position rule it was trained with, and its saved settings. With --overwrite the old files are not read at all
+    (they are replaced, whatever they hold)."""
+    ckpt = os.path.join(cfg.out, "checkpoint.pt")
+    if cfg.resume:
+        if not os.path.exists(ckpt):
+            raise FileNotFoundError(f"--resume: no checkpoint.pt in {cfg.out}")
+        info = check_resume(cfg, load_torch(ckpt))
+        saved = saved_method_config(cfg.out)
+        if saved is not None and saved != asdict(mcfg):
+            diff = ", ".join(f"{k} {saved[k]!r} there, {v!r} here" for k, v in asdict(mcfg).items()
+                             if saved.get(k) != v and k != "position_rule")
+            if diff:
+                raise ValueError(f"--resume: {cfg.out} holds a run with other settings ({diff}); pass the same "
+                                 "flags, or another --out")
+        return ckpt, replace(mcfg, position_rule=saved["position_rule"]) if saved else mcfg, info
+    held = [n for n in ("checkpoint.pt", "reft.pt") if os.path.exists(os.path.join(cfg.out, n))]
+    if held and not cfg.overwrite:
+        try:
+            saved = saved_method_config(cfg.out)
+            what = f"a {saved['method']} run (rank {saved['rank']})" if saved else "a run"
+        except ValueError:  # unreadable, or not plain data: it is not read further, and still not overwritten
+            what = f"a run ({held[0]} cannot be read)"
+        raise ValueError(f"{cfg.out} already holds {what}: pass --resume to continue it, --overwrite to replace it, "
+                         "or another --out")
+    return ckpt, mcfg, run_info(cfg)
+
+
+def saved_method_config(folder: str) -> dict | None:
+    """The MethodConfig (as a dict) of the run saved in folder: from checkpoint.pt, else reft.pt; None if neither.
+    Both are read weights-only (support/untrusted.load_torch): a file that is not plain data is a one-line error."""
+    for name, key in (("checkpoint.pt", "config"), ("reft.pt", "config")):
+        path = os.path.join(folder, name)
+        if os.path.exists(path):
+            blob = load_torch(path)
+            if isinstance(blob, dict) and isinstance(blob.get(key), dict):
+                try:
+                    return asdict(upgrade_config(blob[key]))
+                except TypeError as e:  # a key this version does not know
+                    raise ValueError(f"{path}: not a run saved by this project ({e})") from None
+    return None
+
+
+def load_checkpoint(path, method, opt, sched, kind: str) -> tuple[int, int, int]:
+    """Restore a --resume checkpoint (weights, optimizer, schedule, RNG); -> (step, epoch, batch)."""
+    ck = load_torch(path, map_location=next(method.parameters()).device)
+    method.load_state_dict(upgrade_state_dict(ck["method"], kind)), opt.load_state_dict(ck["opt"])
+    sched.load_state_dict(ck["sched"])
+    torch.set_rng_state(ck["rng"])
+    print(f"resumed from {path} at step {ck['step']}", file=sys.stderr)
+    return ck["step"], ck["epoch"], ck["batch"]
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -227,3 +241,22 @@ def metrics_line(result: dict) -> str:
     """Strict JSON (no NaN): {"eval_loss": 1.2345, ...}, rounded to 4 places, non-finite numbers as null."""
     clean = {k: (round(v, 4) if math.isfinite(v) else None) if isinstance(v, float) else v for k, v in result.items()}
     return json.dumps(clean, allow_nan=False)
+
+
+def count_parameters(method: torch.nn.Module, model: torch.nn.Module) -> str:
+    """'trainable params: 1,234 || base params: 260,032 || trainable%: 0.4745' (the % is over the base, as the
+    ReFT paper reports it)."""
+    n = sum(p.numel() for p in method.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return f"trainable params: {n:,} || base params: {total:,} || trainable%: {100 * n / total:.4f}"
+
+
+def set_threads(model=None):
+    """CPU threads for the command lines: REFT_THREADS if set; else OMP_NUM_THREADS's choice if set; else one thread
+    for a tiny model (under 5M parameters), where per-operation overhead dominates and a busy CPU made several
+    threads 3-15x slower (README, Speed on a CPU), and PyTorch's default (all cores) for anything larger."""
+    if os.environ.get("REFT_THREADS"):
+        torch.set_num_threads(int(os.environ["REFT_THREADS"]))
+    elif not os.environ.get("OMP_NUM_THREADS") and model is not None and \
+            sum(p.numel() for p in model.parameters()) < 5_000_000:
+        torch.set_num_threads(1)

@@ -14,12 +14,13 @@ optimizer), so --resume continues the same trajectory.
 import json
 import os
 import re
+import sys
 from dataclasses import asdict, replace
 from copy import deepcopy
 
 import torch
 
-from support.runs import atomic_text, atomic_write, progress_note
+from support.files import atomic_text, atomic_write
 from support.untrusted import load_torch
 from reft import LoReFT, Method, MethodConfig, PrefixTuning, build_method
 
@@ -73,7 +74,7 @@ def base_fingerprint(model) -> dict:
 
 
 def atomic_torch_save(obj, path: str):
-    """torch.save through support/runs.atomic_write: a crash never leaves a half-written file."""
+    """torch.save through support/files.atomic_write: a crash never leaves a half-written file."""
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
@@ -120,3 +121,9 @@ def load(folder: str, model) -> tuple[Method, MethodConfig, dict]:
     return method, cfg, blob
 
 
+def progress_note(folder: str, blob: dict):
+    """--load of a run that stopped before its last step says so."""
+    done, total = blob.get("steps_done"), blob.get("steps_total")
+    if isinstance(done, int) and isinstance(total, int) and done < total:
+        print(f"note: {folder} trained {done} of {total} steps (it was stopped; continue it with --resume)",
+              file=sys.stderr)

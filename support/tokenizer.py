@@ -11,13 +11,15 @@ support/hf_tokenizer.py), ByteBPETokenizer (RoBERTa, GPT-2) or WordPieceTokenize
 """
 from __future__ import annotations
 
-import math
 import os
 import unicodedata
 from pathlib import Path
 
 import sentencepiece as spm
 
+from support.bpe import _WHITESPACE, _bytes_to_unicode, bpe_merge
+from support.chat import load_chat_template
+from support.hf_tokenizer import HFTokenizer, is_supported
 from support.untrusted import json_object
 
 
@@ -47,21 +49,7 @@ class SentencePieceTokenizer:
         return self.sp.decode([i for i in map(int, ids) if i not in special])
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> character table. BPE works on strings, and a vocab.json full of raw
-    spaces and control bytes would be unreadable, so the 188 printable bytes stand for themselves and the
-    other 68 (space, control, ...) are shifted to the unused characters 256..323 (space becomes 'Ġ')."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    others = [b for b in range(256) if b not in printable]
-    return {**{b: chr(b) for b in printable}, **{b: chr(256 + k) for k, b in enumerate(others)}}
-
-
 _CONTRACTIONS = ("'s", "'t", "'re", "'ve", "'m", "'ll", "'d")
-# The Unicode White_Space property, which is what \s means in GPT-2's regex (Python's str.isspace differs).
-_WHITESPACE = frozenset("\t\n\x0b\x0c\r \x85\xa0\u1680\u2028\u2029\u202f\u205f\u3000") | {
-    chr(c) for c in range(0x2000, 0x200B)}
-
-
 def _char_kind(ch: str) -> str:
     """'s' whitespace, 'L' letter, 'N' number, 'o' anything else (punctuation, symbols, marks, emoji)."""
     if ch in _WHITESPACE:
@@ -95,25 +83,6 @@ def _gpt2_pretokenize(text: str) -> list[str]:
         words.append(text[i:end])
         i = end
     return words
-
-
-def bpe_merge(parts: list[str], ranks: dict) -> list[str]:
-    """Repeatedly merge the adjacent pair with the lowest rank (everywhere it occurs) until no pair of neighbours is
-    a known merge. ranks: (left, right) -> priority, the lower the earlier learned."""
-    while len(parts) > 1:
-        pair = min(zip(parts, parts[1:]), key=lambda p: ranks.get(p, math.inf))
-        if pair not in ranks:
-            break
-        merged, i = [], 0
-        while i < len(parts):
-            if i + 1 < len(parts) and (parts[i], parts[i + 1]) == pair:
-                merged.append(parts[i] + parts[i + 1])
-                i += 2
-            else:
-                merged.append(parts[i])
-                i += 1
-        parts = merged
-    return parts
 
 
 class ByteBPETokenizer:
@@ -255,9 +224,11 @@ def _bert_lowercases(directory: Path) -> bool:
 
 def _hf_tokenizer(data: dict, folder: Path, source: Path):
     """HFTokenizer(tokenizer.json, tokenizer_config.json, folder); a malformed file is one line naming it."""
-    from support.hf_tokenizer import HFTokenizer  # it imports this file's byte table: import it late
     try:
-        return HFTokenizer(data, _json_or_empty(folder / "tokenizer_config.json"), folder)
+        config = _json_or_empty(folder / "tokenizer_config.json")
+        tok = HFTokenizer(data, config, folder)
+        tok.chat = load_chat_template(folder, config, tok)  # the instruct checkpoint's template, or None
+        return tok
     except (KeyError, TypeError, AttributeError, IndexError, ValueError, RecursionError) as e:
         why = str(e) if isinstance(e, ValueError) else f"malformed ({type(e).__name__}: {e})"
         raise ValueError(why if why.startswith(str(folder)) else f"{source}: {why}") from None
@@ -267,7 +238,6 @@ def load_tokenizer(path: str | os.PathLike) -> "Tokenizer | HFTokenizer":
     """The tokenizer stored at `path`: a SentencePiece .model file, a tokenizer.json, a BERT vocab.txt, or a
     directory holding (first found) tokenizer.model (SentencePiece), tokenizer.json (BPE: Llama 3, Qwen2, SmolLM2,
     ...; support/hf_tokenizer.py), vocab.json + merges.txt (byte-level BPE) or vocab.txt (BERT)."""
-    from support.hf_tokenizer import is_supported  # it imports this file's byte table: import it late
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"tokenizer path does not exist: {p}")

@@ -29,6 +29,7 @@ from conftest import REPO, use_fake_net  # noqa: E402
 from data import format_prompt, tokenize_examples  # noqa: E402
 from support import checkpoints, cli  # noqa: E402
 from support.tokenizer import load_tokenizer  # noqa: E402
+from support.checkpoints import from_pretrained  # noqa: E402
 
 DATE = "26 Jul 2024"  # support/chat.py's fixed date_string
 RECORDS = [  # Alpaca-format: instruction (+ input) -> the user turn, output -> the assistant turn
@@ -66,7 +67,7 @@ def hf_chat_ids(ref_tok, text: str) -> list[int]:
 @pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
 def test_qwen2_logits_equal_transformers(tie, tmp_path):
     ref, _ = H.build_checkpoint(tmp_path, "qwen2", seed=5, tie=tie)
-    ours = M.from_pretrained(str(tmp_path))
+    ours = from_pretrained(str(tmp_path))
     attn = ours.layers[0].self_attn
     assert attn.q_proj.bias is not None and attn.k_proj.bias is not None and attn.v_proj.bias is not None
     assert attn.o_proj.bias is None  # HF's Qwen2: biases on q, k, v only
@@ -75,7 +76,7 @@ def test_qwen2_logits_equal_transformers(tie, tmp_path):
     with torch.no_grad():
         expected = ref(ids).logits
         torch.testing.assert_close(ours(ids), expected, atol=1e-5, rtol=1e-4)
-        no_bias = M.from_pretrained(str(tmp_path))
+        no_bias = from_pretrained(str(tmp_path))
         no_bias.layers[0].self_attn.k_proj.bias.zero_()
         assert not torch.allclose(no_bias(ids), expected, atol=1e-3)  # the biases matter in this test
 
@@ -87,7 +88,7 @@ def test_qwen2_sliding_window_true_is_a_clear_error(tmp_path):
     cfg["use_sliding_window"] = True
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="use_sliding_window: true .* not supported"):
-        M.from_pretrained(str(tmp_path))
+        from_pretrained(str(tmp_path))
 
 
 def hf_greedy(ref, ref_tok, ids: list[int], n: int) -> list[int]:
@@ -190,7 +191,7 @@ def test_special_tokens_in_a_record_cannot_inject_a_turn(family, folders):
                                               ("smollm2", "<|im_end|>")])
 def test_end_token_is_the_turns_end(family, turn_end, folders):
     folder, ref, ref_tok = folders[family]
-    tok, model = load_tokenizer(folder), M.from_pretrained(str(folder))
+    tok, model = load_tokenizer(folder), from_pretrained(str(folder))
     end = ref_tok.convert_tokens_to_ids(turn_end)
     assert tok.chat.end_id == end == train.end_token(model, tok, "chat") == train.end_token(model, tok, "auto")
     if family == "llama3":  # eos_token_id[0] is <|end_of_text|>: what a non-chat template ends with
@@ -207,7 +208,7 @@ def test_no_end_token_anywhere_leaves_responses_unterminated(folders, capsys):
     """A config.json without eos_token_id (transformers' Qwen2Config default) and a tokenizer_config.json without
     eos_token: a warning, responses without an end token, generation up to --max-new-tokens; no crash."""
     folder, _, _ = folders["qwen2"]
-    tok, model = load_tokenizer(folder), M.from_pretrained(str(folder))
+    tok, model = load_tokenizer(folder), from_pretrained(str(folder))
     tok.eos_id, model.config.eos_token_id = None, None
     end = train.end_token(model, tok, "alpaca")
     assert end is None and "warning: no end token" in capsys.readouterr().err
@@ -220,7 +221,7 @@ def test_template_chat_without_a_template_is_a_clear_error(tmp_path):
     data = tmp_path / "alpaca.json"
     data.write_text(json.dumps(RECORDS))
     with pytest.raises(SystemExit) as e:
-        train.main(["--model", str(tmp_path), "--data", str(data), "--template", "chat", "--out", str(tmp_path / "run"),
+        cli.main(["--model", str(tmp_path), "--data", str(data), "--template", "chat", "--out", str(tmp_path / "run"),
                     "--device", "cpu"])
     assert str(e.value.code).startswith("error: --template chat: the tokenizer has no chat template")
     tok = load_tokenizer(tmp_path)  # auto without a template: Alpaca's, as for any other tokenizer
@@ -267,7 +268,7 @@ def test_readme_recipe_runs_end_to_end(tmp_path, capsys):
     assert set(values) <= set(argv) and "--template" in argv and "chat" in argv and "--layers" in argv
     argv = [values.get(argv[i - 1], a) if i else a for i, a in enumerate(argv)]
     (tmp_path / "alpaca.json").write_text(json.dumps(RECORDS * 4))
-    train.main([*argv, "--max-new-tokens", "16", "--device", "cpu"])  # `python train.py ARGV` in this process
+    cli.main([*argv, "--max-new-tokens", "16", "--device", "cpu"])  # `python train.py ARGV` in this process
     out, err = capsys.readouterr()
     assert "trainable params: 4,128 ||" in err  # 4 layers x 2 groups x (2*64*4 + 4)
     assert "step 9/9" in err  # 14 training records, batch 16 x 8 accumulated: one step per epoch, 9 epochs
@@ -276,7 +277,7 @@ def test_readme_recipe_runs_end_to_end(tmp_path, capsys):
     assert "Cutting Knowledge Date" in out  # the shown prompts are the template's
     saved = torch.load(tmp_path / "run" / "reft.pt", weights_only=False)
     assert saved["train_config"]["template"] == "chat" and saved["config"]["layers"] == [2, 5, 9, 12]
-    train.main(["--model", str(tmp_path / "llama3"), "--load", str(tmp_path / "run"), "--prompt", "Name a colour.",
+    cli.main(["--model", str(tmp_path / "llama3"), "--load", str(tmp_path / "run"), "--prompt", "Name a colour.",
                 "--max-new-tokens", "4", "--device", "cpu"])
     assert capsys.readouterr().out.startswith("Name a colour.\t")  # the prompt, then the reply alone
 
@@ -353,7 +354,7 @@ def test_gated_repo_says_what_to_do(code, tmp_path, monkeypatch):
     use_fake_net(monkeypatch, serve(tmp_path, "meta-llama/Llama-3.2-1B", seen, gated=code), pass_request=True)
     with pytest.raises(PermissionError, match=f"Llama-3.2-1B/resolve/main/config.json: HTTP {code}: gated: accept "
                                               "the license on the model page and set HF_TOKEN"):
-        M.from_pretrained("meta-llama/Llama-3.2-1B")
+        from_pretrained("meta-llama/Llama-3.2-1B")
     assert list(tmp_path.iterdir()) == []  # nothing half-downloaded
 
 
@@ -365,4 +366,4 @@ def test_unknown_repo_401_mentions_gated_repos_too(tmp_path, monkeypatch):
     use_fake_net(monkeypatch, urlopen)
     with pytest.raises(FileNotFoundError, match="no such local file or folder, nor a public Hugging Face repo .*if it "
                                                 "is gated: accept the license on the model page and set HF_TOKEN"):
-        M.from_pretrained("org/missing-model")
+        from_pretrained("org/missing-model")

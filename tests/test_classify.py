@@ -18,6 +18,7 @@ from support import classify
 from support import saving
 from support import cli
 from conftest import REPO, run_train_cli
+from support.checkpoints import from_pretrained
 
 SENT_TRAIN, SENT_DEV = REPO / "examples" / "sentiment_train.jsonl", REPO / "examples" / "sentiment_dev.jsonl"
 TINY = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
@@ -41,7 +42,7 @@ def _hf_classifier(arch, tmp_path, num_labels=3):
         for p in ref.parameters():
             p.add_(torch.randn(p.shape, generator=g) * 0.1)
     ref.eval().save_pretrained(tmp_path)
-    return ref, M.from_pretrained(str(tmp_path))
+    return ref, from_pretrained(str(tmp_path))
 
 
 def _examples(arch):
@@ -306,7 +307,7 @@ def test_other_methods_train_and_beat_chance(minilm_dir, tmp_path, name, extra, 
     result = classify.train_classifier(_cfg(minilm_dir, tmp_path, method=name, **extra))
     assert result["accuracy"] >= min_acc, result
     torch.manual_seed(0)  # train_classifier's order of random draws: the seed, the model, then the method
-    model = M.from_pretrained(str(minilm_dir))
+    model = from_pretrained(str(minilm_dir))
     fresh = reft.build_method(train.method_config(_cfg(minilm_dir, tmp_path, method=name), model), model)
     method, _, _ = saving.load(str(tmp_path), model)
     moved = [k for k, v in fresh.state_dict().items() if not torch.equal(v, method.state_dict()[k])]

@@ -11,6 +11,7 @@ import torch
 
 import train
 from conftest import REPO, run_train_cli
+from support import cli
 
 STORIES = REPO / "assets" / "stories260K"
 STEER = ["--data", str(REPO / "examples" / "steer_train.jsonl"), "--eval-data", str(REPO / "examples" / "steer_eval.jsonl")]
@@ -28,7 +29,7 @@ def test_readme_commands_are_the_ones_ci_and_setup_run():
     for name in ("requirements-test.txt", "requirements-pyreft.txt"):  # every test reference pinned
         reqs = [line.split("#")[0].strip() for line in (REPO / name).read_text().splitlines()]
         assert all("==" in r for r in reqs if r), (name, reqs)
-    assert train.QUICKSTART[train.QUICKSTART.index("--model") + 1] == "stories260K"
+    assert cli.QUICKSTART[cli.QUICKSTART.index("--model") + 1] == "stories260K"
 
 
 def test_help_documents_every_flag_with_its_default():
@@ -52,7 +53,7 @@ def _quick(out, *extra):
 
 
 def test_ctrl_c_saves_and_resume_is_bit_identical(tmp_path):
-    train.main(_quick(tmp_path / "straight"))
+    cli.main(_quick(tmp_path / "straight"))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *_quick(tmp_path / "cut")], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -66,14 +67,14 @@ def test_ctrl_c_saves_and_resume_is_bit_identical(tmp_path):
     m = re.search(r"stopped after (\d+) steps \(Ctrl-C\); continue with the same command and --resume", rest)
     assert m and 10 <= int(m.group(1)) < 76, rest  # stopped early: 2 epochs = 76 steps
     assert (tmp_path / "cut" / "checkpoint.pt").exists()
-    train.main(_quick(tmp_path / "cut", "--resume"))
+    cli.main(_quick(tmp_path / "cut", "--resume"))
     a = torch.load(tmp_path / "straight" / "reft.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "cut" / "reft.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_out_holding_another_run_is_refused(tmp_path):
-    train.main(_quick(tmp_path, "--max-steps", "2"))
+    cli.main(_quick(tmp_path, "--max-steps", "2"))
     r = run_train_cli(*_quick(tmp_path, "--method", "direft", "--max-steps", "2"))
     assert r.returncode == 1 and "already holds a loreft run (rank 8)" in r.stderr and "--overwrite" in r.stderr
     r = run_train_cli(*_quick(tmp_path, "--rank", "4", "--resume"))
@@ -96,7 +97,7 @@ def test_bad_inputs_name_the_real_problem(tmp_path):
 
 
 def test_max_length_caps_generation(tmp_path):
-    train.main(_quick(tmp_path, "--max-steps", "2"))
+    cli.main(_quick(tmp_path, "--max-steps", "2"))
     args = ["--model", "stories260K", "--load", str(tmp_path), "--prompt", "Lily had a red ball."]
     r = run_train_cli(*args, "--max-new-tokens", "40", "--max-length", "14")
     assert r.returncode == 0, r.stderr
@@ -109,7 +110,7 @@ def test_no_arguments_runs_the_quick_start(monkeypatch, capsys, tmp_path):
     seen = {}
     monkeypatch.setattr(train, "train", lambda cfg: seen.setdefault("cfg", cfg) and {})
     monkeypatch.chdir(REPO)
-    train.main([])
+    cli.main([])
     cfg = seen["cfg"]
     assert (cfg.model, cfg.method, cfg.out) == ("stories260K", "loreft", "runs/steer") and cfg.eval_data
     assert "the quick start" in capsys.readouterr().err

@@ -15,6 +15,7 @@ import torch
 import train
 from conftest import REPO
 from support import compare
+from support import cli
 
 STEER_TRAIN, STEER_EVAL = REPO / "examples" / "steer_train.jsonl", REPO / "examples" / "steer_eval.jsonl"
 
@@ -41,7 +42,7 @@ def two_methods(stories260k, small_task, tmp_path_factory):
     lines = []
     capture.setattr("sys.stdout", type("W", (), {"write": lambda s, t: lines.append(t), "flush": lambda s: None})())
     try:
-        train.main(args(stories260k, small_task, out, "--method", "none,lora,loreft", "--seeds", "2"))
+        cli.main(args(stories260k, small_task, out, "--method", "none,lora,loreft", "--seeds", "2"))
     finally:
         capture.undo()
     return out, "".join(lines)
@@ -90,7 +91,7 @@ def test_a_run_in_a_comparison_equals_the_same_run_alone(two_methods, stories260
 
 
 def test_lr_grid_picks_the_best_on_the_eval_data(stories260k, small_task, tmp_path, capsys):
-    train.main(args(stories260k, small_task, tmp_path, "--method", "lora", "--lr-grid", "1e-3,3e-2", "--seeds", "1"))
+    cli.main(args(stories260k, small_task, tmp_path, "--method", "lora", "--lr-grid", "1e-3,3e-2", "--seeds", "1"))
     row = json.loads((tmp_path / "compare.json").read_text())[0]
     assert set(row["lr_grid"]) == {"0.001", "0.03"} and (tmp_path / "lora" / "lr0.001" / "seed0" / "reft.pt").exists()
     best = max(row["lr_grid"], key=row["lr_grid"].get)
@@ -100,7 +101,7 @@ def test_lr_grid_picks_the_best_on_the_eval_data(stories260k, small_task, tmp_pa
 
 def test_classification_floor_is_the_head_alone(minilm_dir, tmp_path, capsys):
     data = REPO / "examples"
-    train.main(["--model", str(minilm_dir), "--data", str(data / "sentiment_train.jsonl"), "--eval-data",
+    cli.main(["--model", str(minilm_dir), "--data", str(data / "sentiment_train.jsonl"), "--eval-data",
                 str(data / "sentiment_dev.jsonl"), "--max-examples", "32", "--epochs", "1", "--batch-size", "16",
                 "--rank", "2", "--method", "none,lora", "--seeds", "1", "--out", str(tmp_path), "--device", "cpu"])
     none, lora = json.loads((tmp_path / "compare.json").read_text())
@@ -137,7 +138,7 @@ def test_without_matplotlib_one_line_and_no_picture(monkeypatch, tmp_path, capsy
 ])
 def test_bad_comparisons_are_refused_before_training(stories260k, small_task, tmp_path, extra, message):
     with pytest.raises(SystemExit) as e:
-        train.main(args(stories260k, small_task, tmp_path, *extra))
+        cli.main(args(stories260k, small_task, tmp_path, *extra))
     assert message in str(e.value) and str(e.value).startswith("error: ")
     assert not (tmp_path / "compare.json").exists()
 
@@ -145,12 +146,12 @@ def test_bad_comparisons_are_refused_before_training(stories260k, small_task, tm
 def test_an_earlier_comparison_is_not_overwritten(two_methods, stories260k, small_task):
     out, _ = two_methods
     with pytest.raises(SystemExit, match="already holds a run: pass --overwrite"):
-        train.main(args(stories260k, small_task, out, "--method", "none,lora"))
+        cli.main(args(stories260k, small_task, out, "--method", "none,lora"))
 
 
 def test_none_alone_is_the_frozen_model_row(stories260k, small_task, tmp_path):
     """--method none (one run of the floor) also goes through the comparison: one row, nothing trained."""
-    train.main(args(stories260k, small_task, tmp_path, "--method", "none"))
+    cli.main(args(stories260k, small_task, tmp_path, "--method", "none"))
     (row,) = json.loads((tmp_path / "compare.json").read_text())
     assert row["method"] == "none" and row["seeds"] == [0] and row["exact_match"]["values"] == [0.0]
 
@@ -170,7 +171,7 @@ def test_a_stopped_comparison_continues_with_resume(two_methods, stories260k, sm
     monkeypatch.setattr(train, "lm_loss", ctrl_c_at_step_3)
     cmd = args(stories260k, small_task, tmp_path, "--method", "none,loreft", "--seeds", "1")
     with pytest.raises(SystemExit) as e:
-        train.main(cmd)
+        cli.main(cmd)
     assert e.value.code == 130  # stopped by Ctrl-C, as the shell reports it
     assert "stopped during loreft, seed 0; continue it with the same command and --resume" in capsys.readouterr().err
     assert (tmp_path / "none/seed0/result.json").exists() and (tmp_path / "loreft/seed0/checkpoint.pt").exists()
@@ -178,8 +179,8 @@ def test_a_stopped_comparison_continues_with_resume(two_methods, stories260k, sm
     monkeypatch.setattr(train, "lm_loss", real)
     capsys.readouterr()
     with pytest.raises(SystemExit, match="trained with other settings \\(epochs 1 there, 2 here\\)"):
-        train.main(cmd + ["--epochs", "2", "--resume"])
-    train.main(cmd + ["--resume"])
+        cli.main(cmd + ["--epochs", "2", "--resume"])
+    cli.main(cmd + ["--resume"])
     err = capsys.readouterr().err
     assert "== none, seed 0: finished in" in err and "reused (--resume)" in err
     assert "== loreft, seed 0: " in err and "(continued from its checkpoint)" in err

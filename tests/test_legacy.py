@@ -12,6 +12,7 @@ import train
 from conftest import REPO
 from support import saving
 from support.tokenizer import load_tokenizer
+from support.checkpoints import from_pretrained
 
 FIXTURES = REPO / "tests" / "fixtures" / "legacy_v1"
 STORIES = REPO / "assets" / "stories260K"
@@ -21,7 +22,7 @@ FLAGS = {"loreft_f3": ["--method", "loreft", "--positions", "f3", "--layers", "0
 
 
 def test_legacy_runs_load_with_their_weights_and_positions():
-    model = M.from_pretrained(str(STORIES / "stories260K.bin"))
+    model = from_pretrained(str(STORIES / "stories260K.bin"))
     tok = load_tokenizer(STORIES / "tok512.model")
     for run, expected in EXPECTED.items():
         method, mcfg, _ = saving.load(str(FIXTURES / run), model)

@@ -7,6 +7,7 @@ import torch
 import model as M
 import reft
 from support import saving
+from support.checkpoints import from_pretrained
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
@@ -46,7 +47,7 @@ def copy_into_peft(method, pm, layers, names):
 
 
 def test_lora_q_k_v_matches_peft_decoder(llama_dir):
-    ours = M.from_pretrained(str(llama_dir), dtype=torch.float32)
+    ours = from_pretrained(str(llama_dir), dtype=torch.float32)
     method = lora(ours, targets="q,k,v", rank=2, alpha=5.0)
     hf = transformers.LlamaForCausalLM.from_pretrained(llama_dir, dtype=torch.float32).eval()
     pm = peft.get_peft_model(hf, peft.LoraConfig(r=2, lora_alpha=5.0, target_modules=["q_proj", "k_proj", "v_proj"],
@@ -68,7 +69,7 @@ def test_lora_matches_peft_roberta(tmp_path):
                                      intermediate_size=128, max_position_embeddings=64, pad_token_id=1)
     hf = transformers.RobertaModel(cfg).eval()
     hf.save_pretrained(tmp_path)
-    ours = M.from_pretrained(str(tmp_path), dtype=torch.float32).eval()
+    ours = from_pretrained(str(tmp_path), dtype=torch.float32).eval()
     method = lora(ours)
     pm = peft.get_peft_model(hf, peft.LoraConfig(r=4, lora_alpha=8.0, target_modules=["query", "value"],
                                                  lora_dropout=0.0)).eval()
@@ -83,7 +84,7 @@ def test_lora_matches_peft_roberta(tmp_path):
 
 
 def test_lora_cached_generation_equals_recompute(llama_dir):
-    model = M.from_pretrained(str(llama_dir), dtype=torch.float32)
+    model = from_pretrained(str(llama_dir), dtype=torch.float32)
     method = lora(model, alpha=32.0)  # a large update: the tokens differ from the base model's
     ids = torch.randint(3, 128, (2, 6), generator=torch.Generator().manual_seed(3))
     mask = torch.ones_like(ids)
@@ -95,7 +96,7 @@ def test_lora_cached_generation_equals_recompute(llama_dir):
 
 
 def test_training_leaves_the_base_weights_untouched(llama_dir):
-    model = M.from_pretrained(str(llama_dir), dtype=torch.float32).requires_grad_(False)
+    model = from_pretrained(str(llama_dir), dtype=torch.float32).requires_grad_(False)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     method = reft.build_method(reft.MethodConfig(method="lora", layers=[0, 1], rank=4), model)
     opt = torch.optim.AdamW(method.parameters(), lr=1e-2)
@@ -108,7 +109,7 @@ def test_training_leaves_the_base_weights_untouched(llama_dir):
 
 
 def test_lora_save_load_round_trip(llama_dir, tmp_path):
-    model = M.from_pretrained(str(llama_dir), dtype=torch.float32)
+    model = from_pretrained(str(llama_dir), dtype=torch.float32)
     cfg = reft.MethodConfig(method="lora", layers=[1], rank=3, lora_alpha=6.0, lora_targets="v")
     method = reft.build_method(cfg, model)
     with torch.no_grad():
@@ -125,6 +126,6 @@ def test_lora_save_load_round_trip(llama_dir, tmp_path):
     ({"rank": 0}, "rank must be positive"),
 ])
 def test_lora_bad_config(llama_dir, kw, message):
-    model = M.from_pretrained(str(llama_dir), dtype=torch.float32)
+    model = from_pretrained(str(llama_dir), dtype=torch.float32)
     with pytest.raises(ValueError, match=message):
         reft.build_method(reft.MethodConfig(**{"method": "lora", "layers": [0], **kw}), model)

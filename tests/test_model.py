@@ -20,7 +20,8 @@ import pytest
 import torch
 
 import model as M
-from model import Encoder, Llama, from_pretrained, generate
+from model import Encoder, Llama, generate
+from support.checkpoints import from_pretrained
 from support import cli
 from support import checkpoints
 from conftest import use_fake_net

@@ -9,6 +9,7 @@ import torch
 import model as M
 import reft as R
 from support import saving
+from support.checkpoints import from_pretrained
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
@@ -28,7 +29,7 @@ def llama_dir(tmp_path_factory):
 
 @pytest.fixture
 def llama(llama_dir):
-    return M.from_pretrained(str(llama_dir), dtype=torch.float32)
+    return from_pretrained(str(llama_dir), dtype=torch.float32)
 
 
 @pytest.fixture
@@ -172,7 +173,7 @@ def test_prefix_projection_fold(llama):
 
 
 def test_prefix_encoder(roberta_dir):
-    enc = M.from_pretrained(str(roberta_dir), dtype=torch.float32)
+    enc = from_pretrained(str(roberta_dir), dtype=torch.float32)
     method = R.build_method(R.MethodConfig(method="prefix", num_virtual_tokens=P), enc).eval()
     assert method.prefix.shape == (2, 2, 4, P, 16)  # no GQA: H = num_attention_heads, d_h = hidden / H
     with torch.no_grad():
@@ -322,7 +323,7 @@ def test_pedro_cache_equals_recompute(llama):
 
 
 def test_pedro_encoder(roberta_dir):
-    enc = M.from_pretrained(str(roberta_dir), dtype=torch.float32)
+    enc = from_pretrained(str(roberta_dir), dtype=torch.float32)
     method = pedro(enc, "last", layers=(1,))
     assert method.pooling == "first" and method.widths == (64, 64, 128)  # encoder: <s> token, no GQA, d_ff
     ids = torch.randint(3, 128, (2, 6), generator=torch.Generator().manual_seed(3))

@@ -13,6 +13,7 @@ import reft
 from support import saving
 from support import pyreft_import
 from conftest import loreft_state, write_pyreft_folder
+from support.checkpoints import from_pretrained
 
 D, RANK = 16, 4  # the unit-level tests (methods.md §7)
 
@@ -285,7 +286,7 @@ def hf_pair(pyreft, tmp_path_factory):
     hf = LlamaForCausalLM(LlamaConfig(**TINY)).float().eval()
     folder = tmp_path_factory.mktemp("hf_llama")
     hf.save_pretrained(folder)
-    ours = M.from_pretrained(str(folder))
+    ours = from_pretrained(str(folder))
     ids = torch.randint(0, 128, (2, 7), generator=torch.Generator().manual_seed(1))
     mask = torch.ones(2, 7, dtype=torch.long)
     mask[1, 5:] = 0

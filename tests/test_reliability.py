@@ -25,8 +25,10 @@ import torch
 
 import train
 from conftest import REPO, run_train_cli
-from support import runs
+from support import files, runs
 from support.untrusted import load_torch, time_limit
+from support import cli
+from support.checkpoints import from_pretrained
 
 STEER = str(REPO / "examples" / "steer_train.jsonl")
 SENT = REPO / "examples" / "sentiment_train.jsonl"
@@ -39,7 +41,7 @@ def quick(out, *extra):
 
 def one_line_error(argv) -> str:
     with pytest.raises(SystemExit) as e:
-        train.main(argv)
+        cli.main(argv)
     msg = str(e.value.code)
     assert msg.startswith("error: ") and "\n" not in msg, msg
     return msg
@@ -83,29 +85,29 @@ def test_two_concurrent_runs_into_one_out(tmp_path):
 
 
 def test_classification_obeys_out_and_overwrite(minilm_dir, tmp_path):
-    train.main(quick(tmp_path, "--max-steps", "2"))
+    cli.main(quick(tmp_path, "--max-steps", "2"))
     before = (tmp_path / "reft.pt").read_bytes()
     cls = ["--model", str(minilm_dir), "--data", str(SENT), "--max-examples", "24", "--epochs", "1",
            "--batch-size", "8", "--out", str(tmp_path)]
     assert "already holds a loreft run" in one_line_error(cls)
     assert (tmp_path / "reft.pt").read_bytes() == before and (tmp_path / "checkpoint.pt").exists()
     assert "a classification run cannot be resumed" in one_line_error(cls + ["--resume"])
-    train.main(cls + ["--overwrite"])
+    cli.main(cls + ["--overwrite"])
     assert "head" in load_torch(str(tmp_path / "reft.pt"))
 
 
 def test_predictions_are_not_overwritten_without_overwrite(minilm_dir, tmp_path, capsys):
     run = tmp_path / "run"
-    train.main(["--model", str(minilm_dir), "--data", str(SENT), "--max-examples", "24", "--epochs", "1",
+    cli.main(["--model", str(minilm_dir), "--data", str(SENT), "--max-examples", "24", "--epochs", "1",
                 "--batch-size", "8", "--out", str(run)])
     load = ["--model", str(minilm_dir), "--load", str(run), "--eval-data", str(REPO / "examples" / "sentiment_dev.jsonl"),
             "--max-examples", "8"]
-    train.main(load)
+    cli.main(load)
     mine = run / "predictions_sentiment_dev.jsonl"
     mine.write_text("my notes\n")
     assert f"{mine} exists: pass --overwrite" in one_line_error(load)
     assert mine.read_text() == "my notes\n"
-    train.main(load + ["--overwrite"])
+    cli.main(load + ["--overwrite"])
     assert mine.read_text().startswith("{")
 
 
@@ -117,7 +119,7 @@ def test_resume_refuses_a_changed_data_file(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text("".join(open(STEER).readlines()[:40]))
     out = tmp_path / "run"
-    train.main(["--model", "stories260K", "--data", str(data), "--eval-fraction", "0", "--layers", "0",
+    cli.main(["--model", "stories260K", "--data", str(data), "--eval-fraction", "0", "--layers", "0",
                 "--max-steps", "2", "--out", str(out)])
     saved = (out / "checkpoint.pt").read_bytes()
     data.write_text("".join(open(STEER).readlines()[:5]))
@@ -128,13 +130,13 @@ def test_resume_refuses_a_changed_data_file(tmp_path):
 
 def test_resume_takes_saved_flags_and_refuses_other_ones(tmp_path, capsys):
     out = tmp_path / "run"
-    train.main(quick(out, "--max-steps", "2", "--lr", "0.005", "--batch-size", "4", "--epochs", "2"))
+    cli.main(quick(out, "--max-steps", "2", "--lr", "0.005", "--batch-size", "4", "--epochs", "2"))
     saved = load_torch(str(out / "checkpoint.pt"))["train_config"]
     msg = one_line_error(quick(out, "--resume", "--lr", "0.02", "--batch-size", "8", "--template", "plain"))
     assert "--lr 0.005 there, 0.02 here" in msg and "--batch-size 4 there, 8 here" in msg
     assert "--template 'auto' there, 'plain' here" in msg
     # only --out and --resume (and a new --max-steps): every other setting is the saved one
-    train.main(["--model", "stories260K", "--data", STEER, "--out", str(out), "--resume", "--max-steps", "4"])
+    cli.main(["--model", "stories260K", "--data", STEER, "--out", str(out), "--resume", "--max-steps", "4"])
     ck = load_torch(str(out / "checkpoint.pt"))
     assert ck["step"] == 4 and ck["train_config"] == saved  # the saved settings, never rewritten
     assert ck["opt"]["param_groups"][0]["lr"] != 0.01  # the run's lr schedule, not the default 1e-2
@@ -142,9 +144,9 @@ def test_resume_takes_saved_flags_and_refuses_other_ones(tmp_path, capsys):
 
 
 def test_load_of_a_stopped_run_says_how_far_it_got(tmp_path, capsys):
-    train.main(quick(tmp_path, "--max-steps", "3"))
+    cli.main(quick(tmp_path, "--max-steps", "3"))
     capsys.readouterr()
-    train.main(["--model", "stories260K", "--load", str(tmp_path), "--prompt", "Hi", "--max-new-tokens", "2"])
+    cli.main(["--model", "stories260K", "--load", str(tmp_path), "--prompt", "Hi", "--max-new-tokens", "2"])
     assert re.search(r"note: .* trained 3 of \d+ steps \(it was stopped; continue it with --resume\)",
                      capsys.readouterr().err)
 
@@ -175,15 +177,15 @@ def test_sigkill_during_saves_keeps_a_loadable_checkpoint(tmp_path):
     proc.communicate(timeout=60)
     ck = load_torch(str(tmp_path / "checkpoint.pt"))
     assert ck["step"] >= 19
-    stale = tmp_path / f"{runs.TMP_PREFIX}checkpoint.pt.12345.abc"
+    stale = tmp_path / f"{files.TMP_PREFIX}checkpoint.pt.12345.abc"
     stale.write_bytes(b"half a file")
     r = run_train_cli(*quick(tmp_path, "--resume", "--max-steps", str(ck["step"] + 1)))
     assert r.returncode == 0, r.stderr
-    assert not stale.exists() and not list(tmp_path.glob(f"{runs.TMP_PREFIX}*"))
+    assert not stale.exists() and not list(tmp_path.glob(f"{files.TMP_PREFIX}*"))
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    train.main(quick(tmp_path, "--max-steps", "2"))
+    cli.main(quick(tmp_path, "--max-steps", "2"))
     good = (tmp_path / "checkpoint.pt").read_bytes()
     real = train.lm_loss
     monkeypatch.setattr(train, "lm_loss", lambda *a, **k: real(*a, **k) * float("nan"))
@@ -334,7 +336,7 @@ def test_fuzz_malformed_data_files_get_one_line(tmp_path, tiny_bert, capsys):
                 "--max-steps", "1", "--epochs", "1", "--max-length", "64", "--out", str(tmp_path / f"out{i}")]
         try:
             with time_limit(30, f"case {i}"):
-                train.main(argv)
+                cli.main(argv)
             outcomes["trained"] += 1
         except SystemExit as e:
             msg = str(e.code)
@@ -368,7 +370,7 @@ def tiny_bert(tmp_path_factory, minilm_dir):
     from support.checkpoints import ENCODER_RENAMES  # noqa: F401 (the loader maps these names back)
     save_file(_to_hf_names(state), str(folder / "model.safetensors"))
     shutil.copy(minilm_dir / "vocab.txt", folder / "vocab.txt")
-    M.from_pretrained(str(folder))  # loads
+    from_pretrained(str(folder))  # loads
     return folder
 
 
@@ -397,4 +399,4 @@ def test_named_bad_inputs_are_one_line(tmp_path):
         "error: /dev/zero: not a regular file (data files are .jsonl, .json, .csv or .tsv text)"
     bom = tmp_path / "bom.jsonl"
     bom.write_bytes(b"\xef\xbb\xbf" + open(STEER, "rb").read())
-    train.main(["--model", "stories260K", "--data", str(bom), "--max-steps", "1", "--out", str(tmp_path / "b")])
+    cli.main(["--model", "stories260K", "--data", str(bom), "--max-steps", "1", "--out", str(tmp_path / "b")])

@@ -11,6 +11,7 @@ import model as M
 import reft
 import train
 from support import saving
+from support.checkpoints import from_pretrained
 
 D, RANK = 16, 4
 EXAMPLES = "examples/generalize_train.jsonl"
@@ -79,7 +80,7 @@ def test_train_never_decays_the_method(stories260k, tmp_path):
                                   str(stories260k / "tok512.model"), "--data", EXAMPLES, "--eval-fraction", "0",
                                   "--rotation", "householder", "--weight-decay", "0.5", "--rank", "2", "--layers",
                                   "1,3", "--max-steps", "3", "--out", str(out)]))
-    model = M.from_pretrained(str(stories260k / "stories260K.bin"))
+    model = from_pretrained(str(stories260k / "stories260K.bin"))
     method, mcfg, _ = saving.load(str(out), model)
     assert mcfg.rotation == "householder"
     for iv in method.interventions.values():
@@ -113,7 +114,7 @@ def test_householder_run_saves_U_and_reloads_exactly(stories260k, tmp_path):
     assert json.loads((out / "reft_config.json").read_text())["config"]["rotation"] == "householder"
     assert not any("base" in k or "original" in k for k in blob["state_dict"])  # no d×d base on disk
     assert blob["state_dict"]["interventions.0_0.U"].shape == (64, 3)
-    model = M.from_pretrained(str(stories260k / "stories260K.bin"))
+    model = from_pretrained(str(stories260k / "stories260K.bin"))
     method, _, _ = saving.load(str(out), model)
     ids = torch.randint(3, 512, (2, 12), generator=torch.Generator().manual_seed(0))
     pos = torch.tensor([[[0, 1, 2], [9, 10, 11]]] * 2)

@@ -27,6 +27,7 @@ from conftest import REPO, use_fake_net, write_pyreft_folder
 from support import checkpoints, chat, cli
 from support.hf_tokenizer import _pattern
 from support.untrusted import load_torch, parse_json, plain_name, read_json
+from support.checkpoints import from_pretrained
 
 STEER = str(REPO / "examples" / "steer_train.jsonl")
 
@@ -69,7 +70,7 @@ def test_planted_pickle_in_out_folder_never_runs(name, flags, tmp_path):
     plant(out / name, marker)
     if flags and name == "reft.pt":  # --resume reads checkpoint.pt: plant both
         plant(out / "checkpoint.pt", marker)
-    msg = one_line_error(train.main, LM + ["--out", str(out)] + flags)
+    msg = one_line_error(cli.main, LM + ["--out", str(out)] + flags)
     assert name in msg or "checkpoint.pt" in msg
     assert not marker.exists()
 
@@ -78,7 +79,7 @@ def test_overwrite_replaces_a_planted_run_without_reading_it(tmp_path, capsys):
     marker, out = tmp_path / "MARKER", tmp_path / "run"
     plant(out / "checkpoint.pt", marker)
     plant(out / "reft.pt", marker)
-    train.main(LM + ["--out", str(out), "--overwrite"])
+    cli.main(LM + ["--out", str(out), "--overwrite"])
     assert not marker.exists()
     assert load_torch(str(out / "reft.pt"))["config"]["method"] == "loreft"  # replaced by a real run
 
@@ -86,7 +87,7 @@ def test_overwrite_replaces_a_planted_run_without_reading_it(tmp_path, capsys):
 def test_planted_pickle_in_load_folder_never_runs(tmp_path):
     marker = tmp_path / "MARKER"
     plant(tmp_path / "run" / "reft.pt", marker)
-    msg = one_line_error(train.main, ["--model", "stories260K", "--load", str(tmp_path / "run"), "--prompt", "Hi"])
+    msg = one_line_error(cli.main, ["--model", "stories260K", "--load", str(tmp_path / "run"), "--prompt", "Hi"])
     assert "reft.pt: not a weights-only PyTorch file, refused (Unsupported global" in msg
     assert not marker.exists()
 
@@ -94,7 +95,7 @@ def test_planted_pickle_in_load_folder_never_runs(tmp_path):
 def test_planted_pickle_in_classification_load_never_runs(minilm_dir, tmp_path):
     marker = tmp_path / "MARKER"
     plant(tmp_path / "run" / "reft.pt", marker)
-    msg = one_line_error(train.main, ["--model", str(minilm_dir), "--load", str(tmp_path / "run"), "--eval-data",
+    msg = one_line_error(cli.main, ["--model", str(minilm_dir), "--load", str(tmp_path / "run"), "--eval-data",
                                       str(REPO / "examples" / "sentiment_dev.jsonl")])
     assert "reft.pt: not a weights-only PyTorch file" in msg and not marker.exists()
 
@@ -109,9 +110,9 @@ def test_planted_pickle_in_comparison_never_runs(resume, tmp_path, capsys):
     argv = ["--model", "stories260K", "--data", str(data), "--epochs", "1", "--eval-fraction", "0",
             "--method", "loreft,direft", "--seeds", "1", "--out", str(out)]
     if resume:
-        one_line_error(train.main, argv + ["--resume"])
+        one_line_error(cli.main, argv + ["--resume"])
     else:  # a fresh comparison into folders that hold no finished run: replaced, never read
-        train.main(argv)
+        cli.main(argv)
     assert not marker.exists()
 
 
@@ -120,7 +121,7 @@ def test_planted_pickle_in_pyreft_folder_never_runs(tmp_path):
     write_pyreft_folder(folder, "LoreftIntervention", [0], [{}], dim=64)
     for p in folder.glob("intkey_*.bin"):
         torch.save({"weight": Planted(marker)}, p)
-    msg = one_line_error(train.main, ["--model", "stories260K", "--load", str(folder), "--positions", "f1",
+    msg = one_line_error(cli.main, ["--model", "stories260K", "--load", str(folder), "--positions", "f1",
                                       "--prompt", "Hi"])
     assert "intkey_" in msg and "not a weights-only PyTorch file" in msg and not marker.exists()
 
@@ -194,7 +195,7 @@ def test_local_index_naming_a_file_outside_the_folder_is_refused(tmp_path):
     (folder / "model.safetensors").rename(tmp_path / "outside.safetensors")
     (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"x": "../outside.safetensors"}}))
     with pytest.raises(ValueError, match="'../outside.safetensors' is not a plain file name"):
-        M.from_pretrained(str(folder))
+        from_pretrained(str(folder))
 
 
 @pytest.mark.parametrize("headers, body, message", [
@@ -290,7 +291,7 @@ def test_concurrent_repo_fetchers_get_one_complete_folder(tmp_path, monkeypatch)
     assert not errors and len(set(paths)) == 1
     assert log.count(BASE + "model.safetensors") == 1
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["org--tiny"]
-    M.from_pretrained(paths[0])
+    from_pretrained(paths[0])
 
 
 # -----------------------------------------------------------------------------------------------------------------

@@ -15,6 +15,8 @@ from support import classify
 from support import saving
 from support import pyreft_import
 from conftest import REPO, loreft_state, run_train_cli, write_pyreft_folder
+from support import cli
+from support.checkpoints import from_pretrained
 
 STEER_TRAIN, STEER_EVAL = REPO / "examples" / "steer_train.jsonl", REPO / "examples" / "steer_eval.jsonl"
 SENT_TRAIN, SENT_DEV = REPO / "examples" / "sentiment_train.jsonl", REPO / "examples" / "sentiment_dev.jsonl"
@@ -143,7 +145,7 @@ QUICK = ["--data", str(STEER_TRAIN), "--eval-data", str(STEER_EVAL)]  # the defa
 def test_quick_start_learns_the_steering_task(stories260k, tmp_path, method_name, min_em):
     """The README's quick start: held-out exact match from the run itself, base weights untouched."""
     cfg = train.parse_args(_args(stories260k, tmp_path, *QUICK, "--method", method_name))
-    base_before = {k: v.clone() for k, v in M.from_pretrained(cfg.model).state_dict().items()}
+    base_before = {k: v.clone() for k, v in from_pretrained(cfg.model).state_dict().items()}
     result = train.train(cfg)
     assert result["n"] == 50 and result["exact_match"] >= min_em, result
     model, tok = train.load_model_and_tokenizer(cfg)
@@ -190,7 +192,7 @@ def test_resume_loses_nothing_and_seed_is_deterministic(stories260k, tmp_path, m
 
 def test_resume_without_a_checkpoint_is_an_error(stories260k, tmp_path):
     with pytest.raises(SystemExit) as e:
-        train.main(_args(stories260k, tmp_path / "empty", "--data", str(STEER_TRAIN), "--resume"))
+        cli.main(_args(stories260k, tmp_path / "empty", "--data", str(STEER_TRAIN), "--resume"))
     assert e.value.code == f"error: --resume: no checkpoint.pt in {tmp_path / 'empty'}"
     assert not (tmp_path / "empty").exists()  # it did not start from scratch
 
@@ -280,7 +282,7 @@ def _load_args(stories260k, folder, *extra):
 
 def _expected_text(stories260k, method, mcfg, prompt, max_new_tokens) -> str:
     """The prompt and its greedy continuation (up to the end token, BOS for llama2.c) with model.generate directly."""
-    model = M.from_pretrained(str(stories260k / "stories260K.bin"))
+    model = from_pretrained(str(stories260k / "stories260K.bin"))
     tok = tokmod.load_tokenizer(str(stories260k / "tok512.model"))
     ids = tok.encode(data.format_prompt({"prompt": prompt}, "auto"), bos=True)
     positions = None
@@ -302,7 +304,7 @@ def test_load_and_generate_cli(stories260k, tmp_path, method_name, flags, n_para
     r = _cli(*_args(stories260k, out, "--data", str(STEER_TRAIN), "--method", method_name, *flags))
     assert r.returncode == 0, r.stderr
     assert f"trainable params: {n_params} " in r.stderr
-    method, mcfg, _ = saving.load(str(out), M.from_pretrained(str(stories260k / "stories260K.bin")))
+    method, mcfg, _ = saving.load(str(out), from_pretrained(str(stories260k / "stories260K.bin")))
     if method_name == "loreft":  # a whole epoch (270/8 steps), evaluated, with the default positions
         assert "step 34/34" in r.stderr and "exact_match" in r.stdout.splitlines()[-1] and mcfg.positions == "f3+l3"
     # the CLI's generation equals model.generate with the saved method, which differs from the base model's
@@ -323,13 +325,13 @@ def test_load_a_pyreft_folder_cli(stories260k, tmp_path, capsys):
     folder = write_pyreft_folder(tmp_path / "pyreft", "LoreftIntervention", [0, 2, 0, 2],
                                  [loreft_state(seed) for seed in range(4)])
     prompt = "Lily had a red ball."
-    train.main(_load_args(stories260k, folder, "--positions", "f1+l1", "--prompt", prompt, "--max-new-tokens", "16"))
-    method, mcfg = pyreft_import.load_pyreft(folder, M.from_pretrained(str(stories260k / "stories260K.bin")), "f1+l1")
+    cli.main(_load_args(stories260k, folder, "--positions", "f1+l1", "--prompt", prompt, "--max-new-tokens", "16"))
+    method, mcfg = pyreft_import.load_pyreft(folder, from_pretrained(str(stories260k / "stories260K.bin")), "f1+l1")
     expected = _expected_text(stories260k, method.eval(), mcfg, prompt, 16)
     assert capsys.readouterr().out == expected + "\n"
     assert expected != _expected_text(stories260k, None, mcfg, prompt, 16)  # the interventions change the text
     with pytest.raises(SystemExit) as e:
-        train.main(_load_args(stories260k, folder, "--prompt", prompt))
+        cli.main(_load_args(stories260k, folder, "--prompt", prompt))
     assert e.value.code == ("error: a pyreft folder does not store positions: pass the --positions it was trained "
                             "with (e.g. --positions f1+l1)")
 
@@ -338,8 +340,8 @@ def test_act_fn_is_saved_and_reloaded(stories260k, tmp_path, capsys):
     """--act-fn relu reaches the method (and reft.pt); --load generates with it: the CLI's text equals model.generate
     with the reloaded method, and differs from the same weights with the default linear activation."""
     out = tmp_path / "run"
-    train.main(_args(stories260k, out, "--data", str(STEER_TRAIN), "--max-steps", "2", "--act-fn", "relu"))
-    model = M.from_pretrained(str(stories260k / "stories260K.bin"))
+    cli.main(_args(stories260k, out, "--data", str(STEER_TRAIN), "--max-steps", "2", "--act-fn", "relu"))
+    model = from_pretrained(str(stories260k / "stories260K.bin"))
     method, mcfg, blob = saving.load(str(out), model)
     assert blob["config"]["act_fn"] == "relu" and blob["train_config"]["act_fn"] == "relu"
     prompt = "Lily had a red ball."
@@ -349,7 +351,7 @@ def test_act_fn_is_saved_and_reloaded(stories260k, tmp_path, capsys):
     linear.load_state_dict(blob["state_dict"])
     assert expected != _expected_text(stories260k, linear.eval(), linear_cfg, prompt, 16)  # relu changes the text
     capsys.readouterr()
-    train.main(_load_args(stories260k, out, "--prompt", prompt, "--max-new-tokens", "16"))
+    cli.main(_load_args(stories260k, out, "--prompt", prompt, "--max-new-tokens", "16"))
     assert capsys.readouterr().out == expected + "\n"
 
 
@@ -367,7 +369,7 @@ def test_classify_defaults_to_first_token_positions(minilm_dir, tmp_path):
     cfg = train.TrainConfig(model=str(minilm_dir), data=str(SENT_TRAIN), eval_data=str(SENT_DEV), max_examples=16,
                             epochs=1, rank=1, out=str(tmp_path), device="cpu")
     classify.train_classifier(cfg)
-    assert saving.load(str(tmp_path), M.from_pretrained(str(minilm_dir)))[1].positions == "f3"
+    assert saving.load(str(tmp_path), from_pretrained(str(minilm_dir)))[1].positions == "f3"
 
 
 @pytest.mark.parametrize("flags,message", [
@@ -387,9 +389,9 @@ def test_bad_flags_give_one_line_errors(stories260k, tmp_path, flags, message):
 
 def test_load_on_a_different_base_model_is_refused(stories260k, tmp_path):
     cfg = reft.MethodConfig(layers=[0], rank=2)
-    model = M.from_pretrained(str(stories260k / "stories260K.bin"))
+    model = from_pretrained(str(stories260k / "stories260K.bin"))
     saving.save(str(tmp_path), reft.build_method(cfg, model), cfg, model)
-    other = M.from_pretrained(str(stories260k / "stories260K.bin"))
+    other = from_pretrained(str(stories260k / "stories260K.bin"))
     with torch.no_grad():
         other.embed_tokens.weight.mul_(1.1)
     with pytest.raises(ValueError, match="different base model"):

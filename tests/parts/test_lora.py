@@ -10,6 +10,7 @@ import torch
 
 import model as M
 import reft
+from support.checkpoints import from_pretrained
 
 CFG = dict(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
            num_key_value_heads=2, max_position_embeddings=64)  # q_proj 64 -> 64, v_proj 64 -> 32 (GQA)
@@ -113,7 +114,7 @@ def test_lora_matches_peft_encoder():
                               intermediate_size=96, max_position_embeddings=64)).eval()
     with tempfile.TemporaryDirectory() as folder:
         hf.save_pretrained(folder)
-        ours = M.from_pretrained(folder, dtype=torch.float32).eval()
+        ours = from_pretrained(folder, dtype=torch.float32).eval()
     method = _lora(ours)
     pm = peft.get_peft_model(hf, peft.LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=["query", "value"],
                                                  lora_dropout=0.0)).eval()

@@ -367,7 +367,7 @@ def check_input_ids(input_ids, vocab_size: int):
 
 # -----------------------------------------------------------------------------------------------------------------
 # BERT/RoBERTa encoder (post-LayerNorm). HF's deep names (encoder.layer.0.attention.self.query) are renamed to
-# these flat ones by the table ENCODER_RENAMES below.
+# these flat ones by the table ENCODER_RENAMES in support/checkpoints.py.
 
 
 class EncoderLayer(nn.Module):

@@ -122,9 +122,10 @@ class LoReFT(nn.Module):
     fixed so that qr(U) = U for an orthonormal U. So R is orthonormal after every optimizer step, no d×d matrix is
     formed (pyreft uses torch's orthogonal parametrization, which keeps a d×d base per intervention) and weight decay
     on A cannot collapse it. The forward equals pyreft's LoreftIntervention for the same R, W, b; training dynamics
-    differ. rotation="householder" keeps pyreft's (methods.md §1.2): R = Uᵀ, U = base·Householder(reflectors) [d, r]
-    with a d×d fp32 base buffer (benchmarks/README.md compares the two). Computes in fp32 (autocast off), returns h's
-    dtype; dropout acts on the whole output h + Δ, as the paper's code; the activation (default identity) on W h + b.
+    differ. rotation="householder" keeps pyreft's (docs/reference.md, --rotation): R = Uᵀ,
+    U = base·Householder(reflectors) [d, r] with a d×d fp32 base buffer (benchmarks/README.md compares the two).
+    Computes in fp32 (autocast off), returns h's dtype; dropout acts on the whole output h + Δ, as the paper's code;
+    the activation (default identity) on W h + b.
     """
 
     def __init__(self, hidden_size: int, rank: int, dropout: float = 0.0, act_fn: str = "linear", rotation: str = "qr"):
@@ -311,14 +312,16 @@ class PEDRO(Method):
     0 on padding and response tokens) and scale every position. In generation they are computed at prefill, kept in
     the KVCache (`cache.scales[ℓ]`) and reused at every decode step, so decoding costs one multiply per scale.
 
-    Published (methods.md §5.1): one generator per layer, pooler -> down -> activation -> up; a rational activation
-    learned by bi-level optimisation; l_q, l_v, l_u on Q, V and the FFN up state. Our choices (§5.2/5.3, unpublished):
+    What the paper specifies: one generator per layer, pooler -> down -> activation -> up; a rational activation
+    learned by bi-level optimisation; l_q, l_v, l_u on Q, V and the FFN up state. What this project chose (the paper
+    leaves these open; each is a reading, not a published fact):
     - generator input: the post-input_layernorm states the q/k/v projections see (decoder); the encoder layer's
       input, already layer-normed there (post-LN).
     - pooling: "last" = last prompt token (in a causal model the only one that has read the whole prompt); "first"
       = first token (an encoder's <s>/[CLS], which its classifier reads; build_method uses it when "last" is asked
       of an encoder); "mean" = masked mean of the prompt tokens. prompt_mask None counts every token as prompt.
-    - bottleneck width = rank (methods.md §5.3 infers 12 from PARA's ≈8.9 M on LLaMA-2-7B); biases on both Linears.
+    - bottleneck width = rank (≈12 reproduces the ≈8.9 M parameters the paper reports for its predecessor PARA on
+      LLaMA-2-7B); biases on both Linears.
     - q is scaled before RoPE (PEFT's IA³ on q_proj does the same; RoPE mixes pairs of features, so the order
       matters unless l_q is equal within each rotated pair).
     - init: W_up, b_up = 0, so l ≡ 1 and training starts exactly at the base model ((IA)³'s ones); W_down, b_down

@@ -14,10 +14,9 @@ Every flag is a field of TrainConfig (--grad-accum sets grad_accum, and so on); 
 each field's comment as its help.
 """
 import math
-import os
 import sys
-import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -149,7 +148,110 @@ def end_token(model, tok, template: str = "auto") -> int | None:
     return end
 
 
+# -----------------------------------------------------------------------------------------------------------------
+# The training loop: one for every task. A task (language modelling below, classification in support/classify.py)
+# supplies its examples, how a list of them becomes a batch, the loss and what trains; the loop does the rest.
+
+
+@dataclass
+class Task:
+    examples: list  # the training examples
+    batch: Callable[[list], dict]  # a list of examples -> a batch on the device
+    loss: Callable[[dict], torch.Tensor]  # a batch -> its loss, summed over its items
+    count: Callable[[dict], int]  # a batch -> how many items its loss sums over (response tokens, or examples)
+    modules: dict  # what trains, saved in checkpoint.pt by name: {"method": ...} (+ "head" for classification)
+    base: torch.nn.Module  # the frozen model
+    train_base: bool = False  # the base in train mode (its dropout on), as pyreft's GLUE runs do for encoders
+    order: Callable | None = None  # (the epoch's seeded order, epoch) -> another order (grouped by length, ...)
+    end_of_epoch: Callable | None = None  # (epoch, step) -> None: classification evaluates, keeps the best epoch
+    state: dict = field(default_factory=dict)  # what end_of_epoch keeps across a --resume (in checkpoint.pt)
+
+
+def schedule(cfg: TrainConfig, opt, n_examples: int):
+    """Linear warm-up over --warmup of the steps, then linear decay to 0; --constant-lr keeps --lr throughout."""
+    total = total_steps(cfg, n_examples)
+    warm = int(cfg.warmup * total)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 if cfg.constant_lr else lr_factor(s, warm, total))
+
+
+def total_steps(cfg: TrainConfig, n_examples: int) -> int:
+    return math.ceil(n_examples / (cfg.batch_size * cfg.grad_accum)) * cfg.epochs
+
+
+def epoch_steps(cfg: TrainConfig, task: Task, epoch: int) -> list[list[list[int]]]:
+    """The epoch's optimizer steps: the examples in a seeded order, cut into steps of batch_size × grad_accum
+    examples, each cut into micro-batches of batch_size (example indices)."""
+    order = torch.randperm(len(task.examples), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+    order = task.order(order, epoch) if task.order else order
+    per_step, b = cfg.batch_size * cfg.grad_accum, cfg.batch_size
+    return [[order[i + j:i + min(j + b, per_step)].tolist() for j in range(0, min(per_step, len(order) - i), b)]
+            for i in range(0, len(order), per_step)]
+
+
+def optimizer_step(cfg, task: Task, micro_batches, opt, sched, ddp, params, step: int, ckpt_path: str):
+    """One step: forward and backward over the micro-batches (this process's share of each), gradients summed over
+    processes, a NaN check, clipping, the update. -> (the step's loss over all processes, tokens seen here)."""
+    shards = [ddp.shard(idx) for idx in micro_batches]  # all of idx in one process
+    batches = [task.batch([task.examples[i] for i in idx]) for idx in shards if idx]
+    # the step's loss is the mean over all its items, whatever micro-batch (or process) holds them
+    n, loss = max(ddp.sum(sum(task.count(b) for b in batches)), 1), 0.0
+    for b in batches:
+        with autocast(cfg.device):
+            part = task.loss(b) / n
+        part.backward()
+        loss += part.detach()
+    ddp.count(sum(map(len, shards)))
+    ddp.all_reduce_grads(params)  # summed over processes: the single-process gradient
+    loss = ddp.sum(float(loss))  # the step's loss over all processes
+    runs.check_finite(loss, step, ckpt_path)  # NaN/inf: stop before the update, keep the last checkpoint
+    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+    opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
+    return loss, sum(int(b["attention_mask"].sum()) for b in batches)
+
+
+def fit(cfg: TrainConfig, task: Task, opt, sched, ckpt_path: str, meta: dict, ddp, start=(0, 0, 0)):
+    """The training loop. Beside it: Ctrl-C/SIGTERM (runs.StopOnSignal), checkpoints (save_checkpoint), progress
+    (runs.Progress), torchrun (ddp). start: (step, epoch, batch) of a --resume. -> (step, stopped, curve)."""
+    step, start_epoch, start_batch = start
+    params = [p for m in task.modules.values() for p in m.parameters()]
+    progress = runs.Progress(cfg.epochs, step, total_steps(cfg, len(task.examples)), ddp.is_main)
+    curve, stopped = [], ""  # curve: (step, loss, seconds) per optimizer step
+
+    def checkpoint(epoch, batch):
+        if ddp.is_main:
+            save_checkpoint(ckpt_path, task, opt, sched, step, epoch, batch, meta)
+    with runs.StopOnSignal() as signals:  # Ctrl-C/SIGTERM finish the step in flight, save, and say how to resume
+        for epoch in range(start_epoch, cfg.epochs):
+            task.base.train(task.train_base), [m.train() for m in task.modules.values()]
+            steps = epoch_steps(cfg, task, epoch)
+            first = -(-start_batch // cfg.grad_accum) if epoch == start_epoch else 0  # batch counts micro-batches
+            for s in range(first, len(steps)):
+                loss, tokens = optimizer_step(cfg, task, steps[s], opt, sched, ddp, params, step, ckpt_path)
+                step += 1
+                curve.append((step, loss, progress.update(epoch, step, loss, sched.get_last_lr()[0], tokens)))
+                interrupted = ddp.sum(bool(signals.reason)) > 0  # every process stops at the same step
+                stopped = "--max-steps" if cfg.max_steps and step >= cfg.max_steps else \
+                    (signals.reason or "SIGTERM") * interrupted  # another process's: torchrun passes SIGTERM on
+                if stopped or (cfg.save_every > 0 and step % cfg.save_every == 0):  # a crash loses little
+                    checkpoint(epoch, (s + 1) * cfg.grad_accum)
+                if stopped:
+                    return step, stopped, curve
+            if task.end_of_epoch:
+                task.end_of_epoch(epoch, step)
+            checkpoint(epoch + 1, 0)
+    return step, stopped, curve
+
+
+def save_checkpoint(path, task: Task, opt, sched, step, epoch, batch, meta: dict):
+    """checkpoint.pt: what --resume needs to continue exactly (the trained modules, optimizer, schedule, position,
+    RNG, the task's kept state), and meta: the method config, the run's settings and its data fingerprint."""
+    atomic_torch_save({**{name: m.state_dict() for name, m in task.modules.items()}, "opt": opt.state_dict(),
+                       "sched": sched.state_dict(), "step": step, "epoch": epoch, "batch": batch,
+                       "rng": torch.get_rng_state(), "task_state": task.state, **meta}, path)
+
+
 def train(cfg: TrainConfig) -> dict:
+    """Language modelling: train a method on --data, save it, evaluate it on the held-out records."""
     ddp = distributed.setup(cfg)  # under torchrun: this process's share of the work (support/distributed.py)
     torch.manual_seed(cfg.seed)
     cfg = replace(cfg, lr=cfg.lr or DEFAULT_LR.get(cfg.method, 0.0))  # --lr 0: the method's own
@@ -162,61 +264,18 @@ def train(cfg: TrainConfig) -> dict:
                                                         cfg.max_length, eos)
     else:
         train_ex, eval_ex = split_heldout(examples, cfg.eval_fraction, cfg.seed)
-    method = reft.build_method(mcfg, model)
-    method.train()
+    method, scheme = reft.build_method(mcfg, model), mcfg.position_scheme()
     if ddp.is_main:
         print(runs.count_parameters(method, model), file=sys.stderr)
-    # AdamW over the method's parameters only, none of them decayed (weight decay would shrink LoReFT's R);
+    task = Task(train_ex, lambda ex: to_device(collate(ex, tok.pad_id, scheme), cfg.device),
+                lambda b: lm_loss(model, method, b, reduction="sum"), num_loss_tokens, {"method": method}, model)
+    # AdamW over the method's parameters only, none decayed (the paper trains ReFT without weight decay; R = qr(A)
+    # would stay orthonormal anyway, but decay pulls W, b and the other methods' weights toward 0);
     # foreach: one multi-tensor update rather than a Python loop over the tensors (PyTorch's default on CUDA)
     opt = torch.optim.AdamW([{"params": list(method.parameters()), "weight_decay": 0.0}], lr=cfg.lr, foreach=True)
-    total = math.ceil(len(train_ex) / (cfg.batch_size * cfg.grad_accum)) * cfg.epochs
-    warm = int(cfg.warmup * total)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 if cfg.constant_lr else lr_factor(s, warm, total))
-    step, start_epoch, start_batch = 0, 0, 0
-    if cfg.resume:  # everything needed to continue exactly where the run stopped
-        step, start_epoch, start_batch = runs.load_checkpoint(ckpt_path, method, opt, sched, mcfg.method)
-    scheme = mcfg.position_scheme()
-    t0, tokens, stopped, first_step, curve = time.time(), 0, "", step, []  # curve: (step, loss, seconds) per step
-    with runs.StopOnSignal() as signals:  # Ctrl-C/SIGTERM finish the step in flight, save, and say how to resume
-        for epoch in range(start_epoch, cfg.epochs):
-            order = torch.randperm(len(train_ex), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
-            batches = [order[i:i + cfg.batch_size].tolist() for i in range(0, len(order), cfg.batch_size)]
-            for bi in range(start_batch if epoch == start_epoch else 0, len(batches), cfg.grad_accum):
-                shards = [ddp.shard(idx) for idx in batches[bi:bi + cfg.grad_accum]]  # all of idx in one process
-                group = [to_device(collate([train_ex[i] for i in idx], tok.pad_id, scheme), cfg.device)
-                         for idx in shards if idx]
-                # the step's loss is the mean over all its response tokens, whatever micro-batch (or process) has them
-                n_loss, loss = max(ddp.sum(sum(num_loss_tokens(b) for b in group)), 1), 0.0
-                for b in group:
-                    with autocast(cfg.device):
-                        part = lm_loss(model, method, b, reduction="sum") / n_loss
-                    part.backward()
-                    loss += part.detach()
-                    tokens += int(b["attention_mask"].sum())
-                ddp.count(sum(map(len, shards)))
-                ddp.all_reduce_grads(method.parameters())  # summed over processes: the single-process gradient
-                loss = ddp.sum(float(loss))  # the step's loss over all processes
-                runs.check_finite(loss, step, ckpt_path)  # NaN/inf: stop before the update, keep the last checkpoint
-                torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.max_grad_norm)
-                opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
-                step += 1
-                curve.append((step, loss, time.time() - t0))
-                if (step % 10 == 0 or step == total) and ddp.is_main:
-                    el = time.time() - t0
-                    eta = el / max(step - first_step, 1) * (total - step)
-                    print(f"epoch {epoch + 1}/{cfg.epochs} step {step}/{total} | loss {loss:.4f} | "
-                          f"lr {sched.get_last_lr()[0]:.2e} | {tokens / el:,.0f} tok/s | eta {eta:.0f}s", file=sys.stderr)
-                interrupted = ddp.sum(bool(signals.reason)) > 0  # every process stops at the same step
-                stopped = "--max-steps" if cfg.max_steps and step >= cfg.max_steps else \
-                    (signals.reason or "SIGTERM") * interrupted  # another process's: torchrun passes SIGTERM on
-                if ddp.is_main and (stopped or (cfg.save_every > 0 and step % cfg.save_every == 0)):  # a crash
-                    save_checkpoint(ckpt_path, method, opt, sched, mcfg, step, epoch, bi + len(shards), info)
-                if stopped:
-                    break
-            if stopped:
-                break
-            if ddp.is_main:
-                save_checkpoint(ckpt_path, method, opt, sched, mcfg, step, epoch + 1, 0, info)
+    sched = schedule(cfg, opt, len(train_ex))
+    start = runs.load_checkpoint(ckpt_path, task, opt, sched, mcfg.method) if cfg.resume else (0, 0, 0)
+    step, stopped, curve = fit(cfg, task, opt, sched, ckpt_path, {"config": asdict(mcfg), **info}, ddp, start)
     summary = ddp.summary()  # under torchrun: how many examples each process trained on
     ddp.close()
     if not ddp.is_main:  # process 0 alone saves and evaluates
@@ -224,7 +283,7 @@ def train(cfg: TrainConfig) -> dict:
     if summary:
         print(summary, file=sys.stderr)
     save(cfg.out, method, mcfg, model, extra={"train_config": info["train_config"], "steps_done": step,
-                                              "steps_total": total})
+                                              "steps_total": total_steps(cfg, len(train_ex))})
     if stopped:
         print(f"stopped after {step} steps ({stopped}); continue with the same command and --resume", file=sys.stderr)
         return {"step": step, "stopped": stopped}
@@ -233,13 +292,6 @@ def train(cfg: TrainConfig) -> dict:
     print(f"saved {cfg.out}/reft.pt", file=sys.stderr)
     print(runs.metrics_line(result))  # the last stdout line: metrics for scripts (strict JSON)
     return result | {"curve": curve}
-
-
-def save_checkpoint(path, method, opt, sched, mcfg, step, epoch, batch, info):
-    """checkpoint.pt: what --resume needs to continue exactly, and the run's settings and data fingerprint (info)."""
-    atomic_torch_save({"method": method.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                       "config": asdict(mcfg), "step": step, "epoch": epoch, "batch": batch,
-                       "rng": torch.get_rng_state(), **info}, path)
 
 
 @torch.no_grad()

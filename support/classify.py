@@ -13,7 +13,6 @@ import json
 import math
 import os
 import sys
-import time
 from dataclasses import asdict, replace
 
 import torch
@@ -23,7 +22,7 @@ import model as M
 import reft
 import train
 from data import collate, split_heldout
-from support import files, runs
+from support import distributed, files, runs
 from support.records import check_text, read_jsonl, read_text
 from support.saving import load, save
 
@@ -198,9 +197,11 @@ def classifier_logits(model, method, batch):
     return model.classify(hidden).float()
 
 
-def classification_loss(logits, labels):
+def classification_loss(logits, labels, reduction: str = "mean"):
     """Cross-entropy over the classes; MSE on the single output of a regression task (float labels, STS-B)."""
-    return F.mse_loss(logits[:, 0], labels) if labels.is_floating_point() else F.cross_entropy(logits, labels)
+    if labels.is_floating_point():
+        return F.mse_loss(logits[:, 0], labels, reduction=reduction)
+    return F.cross_entropy(logits, labels, reduction=reduction)
 
 
 def _pearson(x, y) -> float:
@@ -279,7 +280,8 @@ def build_method(mcfg, model) -> reft.Method:
 
 
 def train_classifier(cfg) -> dict:
-    """Train the method and a new head; keep (save) the epoch with the best task metric on the eval data."""
+    """Train the method and a new head through train.fit (the one training loop); after each epoch evaluate, and
+    keep (save) the epoch with the best task metric on the eval data. One process (no torchrun here)."""
     torch.manual_seed(cfg.seed)
     cfg = replace(cfg, lr=cfg.lr or train.DEFAULT_LR.get(cfg.method, 1e-2))  # --lr 0: the method's own (none: 1e-2)
     model, tok = train.load_model_and_tokenizer(cfg)
@@ -289,59 +291,44 @@ def train_classifier(cfg) -> dict:
                              f"which needs an encoder (RoBERTa or BERT), and {cfg.model} is a decoder; language-model "
                              "training reads .jsonl/.json records with prompt and response")
         raise ValueError(f"--task classify needs an encoder (RoBERTa or BERT); {cfg.model} is a decoder")
-    if cfg.resume:  # the language-model loop resumes; this one keeps the best epoch and starts over
-        raise ValueError("--resume: a classification run cannot be resumed; train it again with --overwrite")
     train_ex, eval_ex, task, labels = classification_data(cfg, tok, min(cfg.max_length, model.config.max_length))
     mcfg = train.method_config(cfg, model, task="classify")
-    runs.check_out_folder(cfg, mcfg)  # the same guard as language-model runs: --overwrite replaces a saved run
-    method = build_method(mcfg, model)
+    ckpt_path, mcfg, info = runs.check_out_folder(cfg, mcfg)  # the same guard and --resume as language models
+    method, scheme = build_method(mcfg, model), mcfg.position_scheme()
     print(runs.count_parameters(method, model), file=sys.stderr)
     head = model.add_classifier(max(len(labels), 1)).float()  # fp32 head: it trains, as the method does
     print(f"head params: {sum(p.numel() for p in head.parameters()):,} (trained, counted apart)", file=sys.stderr)
-    # the method is never decayed (it would shrink LoReFT's R); the head is, by --weight-decay
+    # the method is never decayed (as train.train: the paper uses none); the head is, by --weight-decay
     opt = torch.optim.AdamW([{"params": list(method.parameters()), "weight_decay": 0.0},
                              {"params": list(head.parameters()), "weight_decay": cfg.weight_decay}], lr=cfg.lr,
                             foreach=True)
-    per_step = cfg.batch_size * cfg.grad_accum
-    total = math.ceil(len(train_ex) / per_step) * cfg.epochs
-    warm = int(cfg.warmup * total)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: train.lr_factor(s, warm, total))
-    params, scheme = list(method.parameters()) + list(head.parameters()), mcfg.position_scheme()
-    best, t0, step = None, time.time(), 0
-    curve, eval_s = [], 0.0  # curve: (step, loss, training seconds) per optimizer step; eval_s: evaluation time
-    for epoch in range(cfg.epochs):
-        model.train(), method.train()  # dropout in the frozen encoder too, as pyreft's GLUE runs (model.train())
-        order = torch.randperm(len(train_ex), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
-        if cfg.group_by_length:
-            order = group_by_length(order, [len(e["input_ids"]) for e in train_ex], per_step,
-                                    torch.Generator().manual_seed(cfg.seed * 1000 + epoch + 1))
-        for start in range(0, len(order), per_step):
-            step_ex = order[start:start + per_step]
-            for idx in step_ex.split(cfg.batch_size):  # the step's loss: the mean over its examples
-                b = train.to_device(collate_classification([train_ex[i] for i in idx.tolist()], tok.pad_id, scheme),
-                              cfg.device)
-                with train.autocast(cfg.device):
-                    loss = classification_loss(classifier_logits(model, method, b), b["labels"])
-                (loss * len(idx) / len(step_ex)).backward()
-            runs.check_finite(loss.item(), step, os.path.join(cfg.out, "reft.pt"))
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
-            step += 1
-            curve.append((step, loss.item(), time.time() - t0 - eval_s))
-            if step % 100 == 0:  # elapsed and eta include the per-epoch evaluations so far
-                el = time.time() - t0
-                print(f"epoch {epoch + 1}/{cfg.epochs} step {step}/{total} | loss {loss.item():.4f} | "
-                      f"{el:.0f}s | eta {el / step * (total - step):.0f}s", file=sys.stderr)
-        t_eval = time.time()
+    sched = train.schedule(cfg, opt, len(train_ex))
+    lengths, per_step = [len(e["input_ids"]) for e in train_ex], cfg.batch_size * cfg.grad_accum
+
+    def by_length(order, epoch):  # --group-by-length: steps of similar lengths (less padding)
+        return group_by_length(order, lengths, per_step, torch.Generator().manual_seed(cfg.seed * 1000 + epoch + 1))
+
+    def end_of_epoch(epoch, step):  # evaluate; the best epoch so far is saved (reft.pt, predictions.jsonl)
         metrics, preds = evaluate_classifier(model, tok, method, mcfg, eval_ex, labels, cfg)
-        eval_s += time.time() - t_eval
-        print(f"epoch {epoch + 1}/{cfg.epochs} step {step}/{total} | loss {loss.item():.4f} | eval {metrics} | "
-              f"{time.time() - t0:.0f}s", file=sys.stderr)
-        if best is None or metrics[task["metric"]] > best[task["metric"]]:  # best epoch on the eval data: save it
-            best = metrics | {"epoch": epoch + 1}
-            save(cfg.out, method, mcfg, model, extra={"train_config": asdict(cfg), "task": task,
-                                                           "labels": labels, "head": head.state_dict()})
+        print(f"epoch {epoch + 1}/{cfg.epochs} step {step} | eval {metrics}", file=sys.stderr)
+        best = fit_task.state.get("best")
+        if best is None or metrics[task["metric"]] > best[task["metric"]]:
+            fit_task.state["best"] = metrics | {"epoch": epoch + 1}
+            save(cfg.out, method, mcfg, model, extra={"train_config": info["train_config"], "task": task,
+                                                      "labels": labels, "head": head.state_dict()})
             write_predictions(os.path.join(cfg.out, "predictions.jsonl"), eval_ex, preds, labels)
+    fit_task = train.Task(train_ex, lambda ex: train.to_device(collate_classification(ex, tok.pad_id, scheme),
+                                                               cfg.device),
+                          lambda b: classification_loss(classifier_logits(model, method, b), b["labels"], "sum"),
+                          lambda b: len(b["labels"]), {"method": method, "head": head}, model, train_base=True,
+                          order=by_length if cfg.group_by_length else None, end_of_epoch=end_of_epoch)
+    start = runs.load_checkpoint(ckpt_path, fit_task, opt, sched, mcfg.method) if cfg.resume else (0, 0, 0)
+    step, stopped, curve = train.fit(cfg, fit_task, opt, sched, ckpt_path, {"config": asdict(mcfg), **info},
+                                     distributed.Single(), start)
+    if stopped:
+        print(f"stopped after {step} steps ({stopped}); continue with the same command and --resume", file=sys.stderr)
+        return {"step": step, "stopped": stopped}
+    best = fit_task.state["best"]
     print(f"saved {cfg.out}/reft.pt and predictions.jsonl (epoch {best['epoch']}, best {task['metric']})",
           file=sys.stderr)
     print(runs.metrics_line(best))  # the last stdout line: metrics for scripts (strict JSON)

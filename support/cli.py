@@ -5,7 +5,6 @@
   python model.py CKPT --prompt ...  model_main: load a checkpoint and print a continuation
 
 train.py and model.py call into here only from their `if __name__ == "__main__":` blocks."""
-import argparse
 import os
 import sys
 

@@ -144,8 +144,8 @@ def run_one(cfg, task: str, method: str, seed: int, lr: float | None) -> dict:
     if (saved := finished_run(c)) is not None:
         print(f"== {name}: finished in {out}, reused (--resume)", file=sys.stderr)
         return saved
-    stopped = os.path.exists(os.path.join(out, "checkpoint.pt")) and task == "lm" and method != "none"
-    c = replace(c, resume=cfg.resume and stopped)  # only train.train continues a run; the others start again
+    stopped = os.path.exists(os.path.join(out, "checkpoint.pt")) and not (task == "lm" and method == "none")
+    c = replace(c, resume=cfg.resume and stopped)  # a stopped training run continues from its checkpoint
     print(f"== {name}: {out}" + (" (continued from its checkpoint)" if c.resume else ""), file=sys.stderr)
     t0, cpu0 = time.time(), time.process_time()
     try:

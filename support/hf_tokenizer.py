@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
 import re
 import unicodedata
 from pathlib import Path

@@ -4,7 +4,6 @@ pyreft's names -> ours: LoreftIntervention {weight W, bias b, rotate_layer U = R
 NodireftIntervention (paper DiReFT) {learned_source W₁ + b, proj_layer W₂} -> DiReFT (W1, W2). "learned_source" is
 pyvene's name for the learned projection that produces the new subspace coordinates (W h + b).
 """
-import json
 import os
 import re
 

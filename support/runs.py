@@ -185,12 +185,15 @@ def saved_method_config(folder: str) -> dict | None:
     return None
 
 
-def load_checkpoint(path, method, opt, sched, kind: str) -> tuple[int, int, int]:
-    """Restore a --resume checkpoint (weights, optimizer, schedule, RNG); -> (step, epoch, batch)."""
-    ck = load_torch(path, map_location=next(method.parameters()).device)
-    method.load_state_dict(upgrade_state_dict(ck["method"], kind)), opt.load_state_dict(ck["opt"])
-    sched.load_state_dict(ck["sched"])
+def load_checkpoint(path, task, opt, sched, kind: str) -> tuple[int, int, int]:
+    """Restore a --resume checkpoint into the task's modules (the method, a classification head), the optimizer, the
+    schedule, the RNG and the task's kept state; -> (step, epoch, batch)."""
+    ck = load_torch(path)
+    for name, module in task.modules.items():
+        module.load_state_dict(upgrade_state_dict(ck[name], kind) if name == "method" else ck[name])
+    opt.load_state_dict(ck["opt"]), sched.load_state_dict(ck["sched"])
     torch.set_rng_state(ck["rng"])
+    task.state.update(ck.get("task_state") or {})
     print(f"resumed from {path} at step {ck['step']}", file=sys.stderr)
     return ck["step"], ck["epoch"], ck["batch"]
 
@@ -227,6 +230,23 @@ class StopOnSignal:
             if signal.getsignal(sig) == self._handle:
                 signal.signal(sig, handler)
         return False
+
+
+class Progress:
+    """A line every 10 optimizer steps and at the last: epoch, step, loss, learning rate, tokens/s and the time left
+    (process 0 alone prints). update() returns the seconds since the start."""
+
+    def __init__(self, epochs: int, first_step: int, total: int, prints: bool = True):
+        self.epochs, self.first, self.total, self.prints = epochs, first_step, total, prints
+        self.t0, self.tokens = time.time(), 0
+
+    def update(self, epoch: int, step: int, loss: float, lr: float, tokens: int) -> float:
+        self.tokens, elapsed = self.tokens + tokens, time.time() - self.t0
+        if self.prints and (step % 10 == 0 or step == self.total):
+            eta = elapsed / max(step - self.first, 1) * (self.total - step)
+            print(f"epoch {epoch + 1}/{self.epochs} step {step}/{self.total} | loss {loss:.4f} | lr {lr:.2e} | "
+                  f"{self.tokens / max(elapsed, 1e-9):,.0f} tok/s | eta {eta:.0f}s", file=sys.stderr)
+        return elapsed
 
 
 def check_finite(loss: float, step: int, checkpoint: str):

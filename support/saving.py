@@ -56,7 +56,7 @@ def set_householder_rotation(m: LoReFT, U: torch.Tensor):
     torch's right_inverse (base = U completed to a d×d orthogonal matrix by QR of [U | randn], reflectors = −I, so that
     U = base[:, :r]); base's first r columns, equal to U up to rounding, are then set to U itself, so R is reproduced
     bit for bit and base stays orthogonal to float precision. (pyreft's reload writes U into a fresh random base,
-    which then is no longer orthogonal: methods.md §1.8.)"""
+    which then is no longer orthogonal.)"""
     U = U.to(m.W.weight.dtype)
     err = float((U.T @ U - torch.eye(U.shape[1], dtype=U.dtype)).abs().max())
     if err > 1e-4:

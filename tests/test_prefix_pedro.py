@@ -88,7 +88,7 @@ def grads_nonzero(method):
 
 
 def peft_prefix_to_ours(w, num_layers, n_kv, head_dim):
-    """PEFT's flat prefix [P, 2L·H_kv·d_h] -> ours [L, 2, H_kv, P, d_h] (methods.md §4.2: view [P, 2L, H_kv, d_h];
+    """PEFT's flat prefix [P, 2L·H_kv·d_h] -> ours [L, 2, H_kv, P, d_h] (PEFT's layout: view [P, 2L, H_kv, d_h];
     layer i keys = chunk 2i, values = chunk 2i + 1)."""
     return w.view(w.shape[0], 2 * num_layers, n_kv, head_dim).permute(1, 2, 0, 3).reshape(
         num_layers, 2, n_kv, w.shape[0], head_dim)

@@ -15,7 +15,7 @@ from support import pyreft_import
 from conftest import loreft_state, write_pyreft_folder
 from support.checkpoints import from_pretrained
 
-D, RANK = 16, 4  # the unit-level tests (methods.md §7)
+D, RANK = 16, 4  # the unit-level tests: a small hidden size and rank
 
 
 # -----------------------------------------------------------------------------------------------------------------

@@ -91,9 +91,23 @@ def test_classification_obeys_out_and_overwrite(minilm_dir, tmp_path):
            "--batch-size", "8", "--out", str(tmp_path)]
     assert "already holds a loreft run" in one_line_error(cls)
     assert (tmp_path / "reft.pt").read_bytes() == before and (tmp_path / "checkpoint.pt").exists()
-    assert "a classification run cannot be resumed" in one_line_error(cls + ["--resume"])
     cli.main(cls + ["--overwrite"])
     assert "head" in load_torch(str(tmp_path / "reft.pt"))
+
+
+def test_classification_resumes_through_the_one_loop(minilm_dir, tmp_path, capsys):
+    """Stopped after 3 steps and resumed: the same best epoch, head and method as an uninterrupted run."""
+    cls = ["--model", str(minilm_dir), "--data", str(SENT), "--max-examples", "40", "--epochs", "2",
+           "--batch-size", "8", "--dropout", "0.1"]
+    cli.main(cls + ["--out", str(tmp_path / "straight")])
+    cli.main(cls + ["--out", str(tmp_path / "cut"), "--max-steps", "3"])
+    assert "stopped after 3 steps" in capsys.readouterr().err
+    cli.main(["--model", str(minilm_dir), "--data", str(SENT), "--out", str(tmp_path / "cut"), "--resume"])
+    err = capsys.readouterr().err
+    assert "resumed from" in err and re.search(r"epoch 2/2 step \d+/\d+ \| loss", err)  # progress within an epoch
+    a, b = (load_torch(str(tmp_path / d / "reft.pt")) for d in ("straight", "cut"))
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    assert all(torch.equal(a["head"][k], b["head"][k]) for k in a["head"])
 
 
 def test_predictions_are_not_overwritten_without_overwrite(minilm_dir, tmp_path, capsys):

@@ -61,7 +61,7 @@ def test_householder_forward_equals_qr_path_for_the_same_R():
 
 
 def test_householder_gradients_reach_only_the_reflectors():
-    """Only the strictly lower triangle of the reflectors gets gradient (methods.md §1.2); the −1 diagonal is cast
+    """Only the strictly lower triangle of the reflectors gets gradient (torch's Householder parametrization); the −1 diagonal is cast
     to int in the forward, which is why any weight decay on it zeroes R (the trap below)."""
     torch.manual_seed(0)
     m = reft.LoReFT(D, RANK, rotation="householder")

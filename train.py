@@ -61,12 +61,12 @@ class TrainConfig:
     constant_lr: bool = False  # keep --lr at every step: no warm-up, no decay (transformers' "constant" schedule)
     batch_size: int = 8  # examples per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step
-    max_grad_norm: float = 1.0  # gradient clipping
+    max_grad_norm: float = 1.0  # gradient clipping to this norm (0 = off)
     max_length: int = 256  # tokens per example (prompt + response + end); in generation, prompt + new tokens
     max_steps: int = 0  # stop after this many optimizer steps (0 = all); the run can be resumed later
     save_every: int = 0  # also write checkpoint.pt every N optimizer steps (0 = only at the end of each epoch)
     seed: int = 0  # initialisation, shuffling and the held-out split
-    seeds: int = 0  # compare: runs per method, seeds seed, seed+1, ... (0 = 3 when comparing methods, else 1)
+    seeds: str = "auto"  # compare: runs per method, seeds seed, seed+1, ...; auto = 3 when comparing methods, else 1
     lr_grid: str = ""  # compare: comma-separated lrs; each method first keeps its best on the eval data
     out: str = "runs/reft"  # output folder: reft.pt (the method) and checkpoint.pt (to resume)
     resume: bool = False  # continue from out/checkpoint.pt
@@ -204,7 +204,8 @@ def optimizer_step(cfg, task: Task, micro_batches, opt, sched, ddp, params, step
     ddp.all_reduce_grads(params)  # summed over processes: the single-process gradient
     loss = ddp.sum(float(loss))  # the step's loss over all processes
     runs.check_finite(loss, step, ckpt_path)  # NaN/inf: stop before the update, keep the last checkpoint
-    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+    if cfg.max_grad_norm > 0:  # 0 turns clipping off (as transformers' max_grad_norm=0)
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
     opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
     return loss, sum(int(b["attention_mask"].sum()) for b in batches)
 

@@ -59,7 +59,7 @@ FIRST, LAST = 3, 3  # f3+l3
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    a = os.path.join(ROOT, "..", "shared", "assets", "stories260K")
+    a = os.path.join(ROOT, "assets", "stories260K")  # ships with the project
     p.add_argument("--model", default=os.path.join(a, "stories260K.bin"))
     p.add_argument("--tokenizer", default=os.path.join(a, "tok512.model"))
     p.add_argument("--data", default=os.path.join(ROOT, "examples", "steer_train.jsonl"))
@@ -107,7 +107,8 @@ def hf_llama(model):
 
 def run_ours(args, data, eval_data, folder):
     cfg = train.TrainConfig(model=args.model, tokenizer=args.tokenizer, data=data, eval_data=eval_data,
-                            method="loreft", epochs=args.epochs, out=os.path.join(folder, "ours"), device="cpu")
+                            method="loreft", epochs=args.epochs, out=os.path.join(folder, "ours"), device="cpu",
+                            overwrite=True)  # each repeat replaces the last one's run
     log = io.StringIO()  # progress lines: the last one gives the steps and the final step's loss
     t0 = time.perf_counter()
     with contextlib.redirect_stderr(log), contextlib.redirect_stdout(io.StringIO()):

@@ -74,6 +74,9 @@ def main(argv=None):
     p.add_argument("--phrases", type=int, default=2000, help="at most this many phrases of them")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    if not all(os.path.isfile(os.path.join(args.assets, n)) for n in ("train.tsv", "dev.tsv")):
+        raise SystemExit(f"error: {args.assets} has no GLUE SST-2 train.tsv and dev.tsv: download "
+                         "https://dl.fbaipublicfiles.com/glue/data/SST-2.zip, unzip it, and pass --assets SST-2")
     rows = read_rows(args.assets)
     sentences = whole_sentences(rows)
     rng = random.Random(args.seed)

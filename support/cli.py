@@ -7,6 +7,7 @@
 train.py and model.py call into here only from their `if __name__ == "__main__":` blocks."""
 import os
 import sys
+from dataclasses import replace
 
 import torch
 
@@ -19,25 +20,58 @@ from support.flags import OneLineParser, given_flags
 from support.pyreft_import import load_pyreft_run
 from support.records import read_text
 from support.tokenizer import load_tokenizer
-from support.untrusted import read_json
+from support.untrusted import load_torch, read_json
 
 # `python train.py` with no arguments: the quick start on the model that ships with the project
 QUICKSTART = ["--model", "stories260K", "--data", "examples/steer_train.jsonl", "--eval-data",
               "examples/steer_eval.jsonl", "--method", "loreft", "--out", "runs/steer"]
 
 
+def quick_start(argv: list[str]) -> list[str]:
+    """With neither --data nor --load, the quick start: flags not given take its values, and --out is runs/steer for
+    LoReFT (runs/steer_<method> for the others, so that `python train.py --method direft` leaves LoReFT's run)."""
+    given = given_flags(train.TrainConfig, argv)
+    if given & {"data", "load"}:
+        return argv
+    method = train.parse_args(argv).method
+    values = dict(zip(QUICKSTART[::2], QUICKSTART[1::2])) | {
+        "--out": "runs/steer" if method == "loreft" else f"runs/steer_{method.replace(',', '_')}"}
+    added = [x for flag, value in values.items() if flag[2:].replace("-", "_") not in given for x in (flag, value)]
+    print(f"the quick start: python train.py {' '.join(added + argv)}", file=sys.stderr)
+    return added + argv
+
+
+def same_quick_start(cfg) -> bool:
+    """Whether cfg.out holds a finished quick-start run with exactly these settings (running the quick start again
+    then replaces it without an error; any other run there stays protected)."""
+    path = os.path.join(cfg.out, "reft.pt")
+    if not os.path.exists(path):
+        return False
+    try:
+        saved = (load_torch(path).get("train_config") or {})
+    except (ValueError, AttributeError):
+        return False
+    now = vars(train.parse_args([])) | vars(cfg) | {"lr": cfg.lr or train.DEFAULT_LR.get(cfg.method, 0.0)}
+    ignore = ("resume", "overwrite", "device", "dist_timeout")
+    return {k: v for k, v in saved.items() if k not in ignore} == {k: v for k, v in now.items() if k not in ignore}
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if not argv:
-        print(f"no arguments: the quick start, python train.py {' '.join(QUICKSTART)}", file=sys.stderr)
-        argv = QUICKSTART
+    quick = not given_flags(train.TrainConfig, argv) & {"data", "load"}
+    argv = quick_start(argv)
     cfg = train.parse_args(argv)
     try:
+        if quick and not cfg.resume and same_quick_start(cfg):  # the quick start again: replace its own run
+            cfg = replace(cfg, overwrite=True)
         cfg = runs.with_saved_settings(cfg, given_flags(train.TrainConfig, argv))  # --resume: the saved run's flags
         task, result = task_of(cfg), {}
         with runs.exclusive(cfg.out if cfg.data else ""):  # one run per --out at a time
-            if "," in cfg.method or cfg.seeds > 1 or cfg.lr_grid or cfg.method == "none":  # support/compare.py
+            if compare.is_comparison(cfg):  # several methods, seeds or learning rates: support/compare.py
                 compare.compare(cfg, task)
+            elif cfg.method == "none" and task == "lm" and not cfg.load:  # the frozen model, evaluated (the floor)
+                result = compare.frozen_model_run(cfg)
+                print(runs.metrics_line({k: v for k, v in result.items() if k != "curve"}))
             elif task == "classify":  # the encoder's loop, metrics and data formats: support/classify.py
                 result = classify.evaluate_saved_classifier(cfg) if cfg.load else classify.train_classifier(cfg)
             elif cfg.load:

@@ -68,8 +68,21 @@ def plan(cfg, task: str) -> tuple[list[str], list[int], list[float]]:
             raise ValueError(f"{flag} is for one run; a comparison trains every method to the end (use --epochs)")
     if not cfg.data:
         raise ValueError("a comparison trains: pass --data FILE (and --eval-data FILE)")
-    n = cfg.seeds or (3 if len(methods) > 1 else 1)
-    return methods, [cfg.seed + k for k in range(n)], grid
+    return methods, [cfg.seed + k for k in range(seed_count(cfg.seeds, len(methods)))], grid
+
+
+def seed_count(seeds: str, n_methods: int) -> int:
+    """--seeds: a positive number, or auto (3 when comparing several methods, else 1)."""
+    if str(seeds) == "auto":
+        return 3 if n_methods > 1 else 1
+    if not str(seeds).isdigit() or int(seeds) < 1:
+        raise ValueError(f"--seeds {seeds}: expected a number of runs per method (1 or more), or auto")
+    return int(seeds)
+
+
+def is_comparison(cfg) -> bool:
+    """Several methods, several seeds or an lr grid: a comparison (support/compare.py), not one run."""
+    return "," in cfg.method or seed_count(cfg.seeds, 1) > 1 or bool(cfg.lr_grid)
 
 
 def run_folder(cfg, method: str, seed: int, lr: float | None) -> str:
@@ -139,7 +152,7 @@ def run_one(cfg, task: str, method: str, seed: int, lr: float | None) -> dict:
     import train
     from support.classify import train_classifier
     out = run_folder(cfg, method, seed, lr)
-    c = replace(cfg, method=method, seed=seed, lr=lr or cfg.lr, out=out, seeds=0, lr_grid="", overwrite=True)
+    c = replace(cfg, method=method, seed=seed, lr=lr or cfg.lr, out=out, seeds="1", lr_grid="", overwrite=True)
     name = f"{method}, seed {seed}" + (f", lr {lr:g}" if lr else "")
     if (saved := finished_run(c)) is not None:
         print(f"== {name}: finished in {out}, reused (--resume)", file=sys.stderr)

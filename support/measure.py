@@ -4,7 +4,11 @@ Peak memory = static_bytes(model, method, optimizer) (unique storages of weights
 state) + transient_peak(step) (the peak allocated during one step above what was allocated before it). Tensor bytes,
 not the process's RSS: the same number on any machine, and comparable between CPU and CUDA.
 """
+import contextlib
 import itertools
+import os
+import sys
+import tempfile
 
 import torch
 
@@ -26,6 +30,24 @@ def static_bytes(*objs):
     return sum(seen.values())
 
 
+@contextlib.contextmanager
+def without_profiler_notices():
+    """PyTorch's CPU profiler writes "USDT:... profiler_start/stop" lines to the process's stderr (file descriptor 2,
+    below Python): hold fd 2 in a temporary file for the block and pass on every other line."""
+    sys.stderr.flush()
+    saved, tmp = os.dup(2), tempfile.TemporaryFile()
+    os.dup2(tmp.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2), os.close(saved)
+        tmp.seek(0)
+        rest = [line for line in tmp.read().decode(errors="replace").splitlines(True) if not line.startswith("USDT:")]
+        tmp.close()
+        sys.stderr.write("".join(rest))
+
+
 def transient_peak(step, device):
     """Peak bytes allocated during step() above what was allocated before it."""
     if device.startswith("cuda"):
@@ -36,7 +58,8 @@ def transient_peak(step, device):
         sync(device)
         return torch.cuda.max_memory_allocated() - start
     from torch._C._profiler import _EventType  # torch has no CPU allocator statistics: replay the allocations
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+    with without_profiler_notices(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                                            profile_memory=True) as prof:
         step()
     events, todo = [], list(prof.profiler.kineto_results.experimental_event_tree())
     while todo:

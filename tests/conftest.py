@@ -140,3 +140,43 @@ def use_fake_net(monkeypatch, serve, pass_request: bool = False):
     from support import checkpoints
     monkeypatch.setattr(checkpoints, "_opener",
                         lambda redirects: urllib.request.build_opener(FakeNet(serve, pass_request), redirects))
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# Files the tests need that are not in the repository: the real ones from the shared assets when present, else
+# generated here in the real formats (so no test skips on a fresh clone)
+
+
+@pytest.fixture(scope="session")
+def roberta_tokenizer_dir(tmp_path_factory) -> Path:
+    """roberta-base's vocab.json + merges.txt from the shared assets when present; else a byte-level BPE trained here
+    with the tokenizers library (RoBERTa's layout: <s> 0, <pad> 1, </s> 2, <unk> 3, <mask> last)."""
+    real = assets_dir() / "roberta-base-tokenizer"
+    if (real / "vocab.json").is_file() and (real / "merges.txt").is_file():
+        return real
+    from tokenizers import ByteLevelBPETokenizer
+    import hf_folders
+    folder = tmp_path_factory.mktemp("roberta_tokenizer")
+    corpus = hf_folders.training_text().split("\n") + ["Hello world", "I'm can't we'll they've", "café naïve 你好 👍🏽"]
+    tok = ByteLevelBPETokenizer()
+    tok.train_from_iterator(corpus, vocab_size=1500, min_frequency=1, show_progress=False,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>"])
+    tok.save_model(str(folder))
+    vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+    vocab["<mask>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def sst2_dev_tsv(tmp_path_factory) -> Path:
+    """GLUE SST-2's dev.tsv from the shared assets when present; else a file in its exact layout (header
+    sentence<TAB>label, no quoting: quotes, commas and backslashes are plain text)."""
+    real = assets_dir() / "sst2" / "dev.tsv"
+    if real.is_file():
+        return real
+    rows = [("it 's a charming and often affecting journey . ", 1), ('the " best " film , ever \\ not', 0),
+            ("unflinchingly bleak and desperate ", 0), ("'s ' quirky ' , \" too ", 1)] * 25
+    path = tmp_path_factory.mktemp("sst2") / "dev.tsv"
+    path.write_text("sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in rows), encoding="utf-8")
+    return path

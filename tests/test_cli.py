@@ -24,7 +24,8 @@ def test_readme_commands_are_the_ones_ci_and_setup_run():
     ci = [line for line in (REPO / ".ci" / "run").read_text().splitlines() if line and not line.startswith(("#", "set ", "cd "))]
     assert ci == ["bash setup.sh test"], ci  # CI runs exactly the README's test command
     setup = (REPO / "setup.sh").read_text()
-    assert "python -m pytest -q tests" in setup and "python train.py\n" in setup
+    assert "python -m pytest -q -rs tests" in setup and "python train.py\n" in setup
+    assert ". .venv/bin/activate" in setup  # setup ends by saying how to reach the environment
     assert "-r requirements-test.txt" in setup and "--no-deps -r requirements-pyreft.txt" in setup
     for name in ("requirements-test.txt", "requirements-pyreft.txt"):  # every test reference pinned
         reqs = [line.split("#")[0].strip() for line in (REPO / name).read_text().splitlines()]
@@ -114,3 +115,31 @@ def test_no_arguments_runs_the_quick_start(monkeypatch, capsys, tmp_path):
     cfg = seen["cfg"]
     assert (cfg.model, cfg.method, cfg.out) == ("stories260K", "loreft", "runs/steer") and cfg.eval_data
     assert "the quick start" in capsys.readouterr().err
+
+
+def test_quick_start_flags_and_rerun(monkeypatch, tmp_path, capsys):
+    """Without --data or --load: the quick start with the flags given on top; --out runs/steer_<method> for
+    methods other than LoReFT; the same quick start again replaces its own run, another run there stays."""
+    seen = []
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(train, "train", lambda cfg: seen.append(cfg) and {})
+    cli.main(["--method", "direft", "--rank", "2"])
+    assert (seen[-1].out, seen[-1].method, seen[-1].rank, seen[-1].model) == ("runs/steer_direft", "direft", 2,
+                                                                              "stories260K")
+    monkeypatch.undo()
+    out = str(tmp_path / "q")
+    cli.main(["--epochs", "1", "--out", out, "--layers", "0"])
+    cli.main(["--epochs", "1", "--out", out, "--layers", "0"])  # the same quick start: replaced, no error
+    with pytest.raises(SystemExit, match="already holds a loreft run"):
+        cli.main(["--epochs", "2", "--out", out, "--layers", "0"])  # other settings: protected
+
+
+def test_max_grad_norm_zero_turns_clipping_off(tmp_path):
+    """--max-grad-norm 0 trains (clipping off, as transformers), it does not clip every gradient to 0."""
+    args = ["--model", "stories260K", "--data", str(REPO / "examples" / "steer_train.jsonl"), "--layers", "0",
+            "--max-steps", "3", "--eval-fraction", "0"]
+    cli.main(args + ["--max-grad-norm", "0", "--out", str(tmp_path / "off")])
+    cli.main(args + ["--max-grad-norm", "1e-12", "--out", str(tmp_path / "tiny")])
+    off, tiny = (torch.load(tmp_path / d / "reft.pt", weights_only=True)["state_dict"] for d in ("off", "tiny"))
+    init = {k: v for k, v in tiny.items()}
+    assert any(not torch.allclose(off[k], init[k]) for k in off)  # clipping off: the weights moved

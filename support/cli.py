@@ -164,7 +164,8 @@ def model_main(argv=None):
     p.add_argument("--tokenizer", default="", help="tokenizer file or folder (default: the checkpoint's folder)")
     p.add_argument("--prompt", default="", help="text to continue; empty = start from BOS")
     p.add_argument("--chat", action="store_true", help="the prompt as a user turn in the checkpoint's chat template "
-                   "(tokenizer_config.json); prints the assistant's reply alone")
+                   "(chat_template.jinja, else tokenizer_config.json's chat_template); prints the assistant's reply "
+                   "alone")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0)

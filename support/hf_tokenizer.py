@@ -543,10 +543,21 @@ class HFTokenizer:
         ids = self.encode(f"{a} {b}" if b else a)  # a decoder reads a pair as one running text, as SentencePiece's
         return ids, [0] * len(ids)
 
-    def decode(self, ids: list[int]) -> str:
-        """Text of ids without special tokens (the library's skip_special_tokens=True)."""
-        tokens = [self.id_to_token[i] for i in map(int, ids) if i in self.id_to_token and i not in self.special_ids]
-        return "".join(self.decode_chain(tokens))
+    def decode(self, ids: list[int], skip_special: bool = True) -> str:
+        """Text of ids without special tokens (the library's skip_special_tokens=True); skip_special=False keeps them
+        as their text (a chat prompt as the model saw it), the runs between them decoded as usual."""
+        ids = [i for i in map(int, ids) if i in self.id_to_token]
+        if skip_special:
+            return "".join(self.decode_chain([self.id_to_token[i] for i in ids if i not in self.special_ids]))
+        out, run = [], []
+        for i in ids + [None]:
+            if i is None or i in self.special_ids:
+                out.append("".join(self.decode_chain([self.id_to_token[j] for j in run])) if run else "")
+                out.append(self.id_to_token[i] if i is not None else "")
+                run = []
+            else:
+                run.append(i)
+        return "".join(out)
 
 
 def is_supported(data: dict) -> bool:

@@ -187,6 +187,18 @@ def test_special_tokens_in_a_record_cannot_inject_a_turn(family, folders):
     assert sum(injected.count(i) for i in tok.special_ids) > sum(ids.count(i) for i in tok.special_ids)
 
 
+@pytest.mark.parametrize("family", ["llama3", "qwen2"])
+def test_a_chat_prompt_decodes_as_the_model_saw_it(family, folders):
+    """decode(ids, skip_special=False) keeps the template's control tokens (the echoed prompt of a chat run), as
+    transformers' decode(skip_special_tokens=False); the default drops them, as skip_special_tokens=True."""
+    folder, _, ref_tok = folders[family]
+    tok = load_tokenizer(folder)
+    ids = tok.chat.prompt_ids("Hello there, café 👍")
+    assert tok.decode(ids, skip_special=False) == ref_tok.decode(ids, skip_special_tokens=False)
+    assert tok.decode(ids) == ref_tok.decode(ids, skip_special_tokens=True)
+    assert tok.decode(ids, skip_special=False) != tok.decode(ids)
+
+
 @pytest.mark.parametrize("family, turn_end", [("llama3", "<|eot_id|>"), ("qwen2", "<|im_end|>"),
                                               ("smollm2", "<|im_end|>")])
 def test_end_token_is_the_turns_end(family, turn_end, folders):

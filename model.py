@@ -6,11 +6,15 @@ block and model, then the encoder, then sampling and `generate`. `from_pretraine
 Face folders, llama2.c checkpoints; the formats live in support/checkpoints.py), and the logits equal transformers'
 (tests/test_model.py).
 
-The methods of reft.py act at four explicit call sites, marked "seam" below (grep for it):
-  seam 1, residual stream after block l at chosen positions (LoReFT, DiReFT):  method.edit_residual(l, x, positions)
-  seam 2, extra keys/values inside attention (prefix-tuning):                   method.prefix_kv(l, batch_size)
-  seam 3, element-wise scales on q, v and the FFN up projection (PEDRO):       method.scales(l, x, prompt_mask, cache)
-  seam 4, low-rank updates of the q, k, v projections (the LoRA baseline):      method.lora(l, name, x, y) -> y + ΔW x
+The methods of reft.py act at five explicit call sites, marked "seam" below (grep for it), named by where they act
+and numbered in the order a block meets them. The model knows no particular method: each seam hands a method what
+it may read or edit there and uses what comes back (reft.Method's defaults change nothing).
+  seam 1, the block's normed input:        ctx = method.block_input(l, h, prompt_mask, cache)  (PEDRO reads it)
+  seam 2, the q, k, v projections:         y = method.project(l, name, x, y, ctx)      (LoRA adds ΔW x; PEDRO scales)
+  seam 3, the keys and values at prefill:  k, v = method.extra_kv(l, k, v)            (prefix-tuning puts P first)
+  seam 4, the FFN's hidden state:          h = method.ffn_hidden(l, gate, up, act, ctx)      (PEDRO scales the up state)
+  seam 5, the residual stream after block l: x = method.residual(l, x, positions)     (LoReFT, DiReFT)
+ctx is whatever the method returned at seam 1 for this block (None for all but PEDRO); the model only passes it on.
 The model holds no hidden state: a KVCache object is passed to forward by the caller (see `generate`).
 """
 import math
@@ -19,7 +23,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 # -----------------------------------------------------------------------------------------------------------------
 # Configs: field names are exactly the Hugging Face config.json keys (support/checkpoints.py reads config.json).
@@ -161,13 +164,6 @@ def apply_rope(x, cos, sin):
     ### END SOLUTION rope
 
 
-def recompute_in_backward(fn, *args):
-    """fn(*args), for PEDRO's FFN scale: in training, autograd keeps fn's inputs and recomputes fn in the backward
-    (torch.utils.checkpoint) instead of keeping the scaled [B, T, d_ff] state it makes. With frozen weights the inputs
-    are what the frozen model keeps anyway, so the scale costs no activation memory."""
-    return checkpoint(fn, *args, use_reentrant=False) if torch.is_grad_enabled() else fn(*args)
-
-
 def attention_mask_4d(attention_mask, n_prefix: int, T: int, causal: bool):
     """Boolean mask [B, 1, T, S] (True = may attend) over S = n_prefix + attention_mask.shape[1] keys.
 
@@ -189,16 +185,16 @@ def attention_mask_4d(attention_mask, n_prefix: int, T: int, causal: bool):
 class KVCache:
     """Keys and values of every layer for a batch of sequences, preallocated [B, H_kv, max_len, d_h] per layer.
 
-    `length` counts the filled slots (prefix-tuning's virtual tokens included). The model writes the new keys at
-    [length, length + T) in every layer and advances `length` once per forward. `scales` keeps per-layer vectors
-    a method computed at prefill (PEDRO) so decode steps reuse them.
+    `length` counts the filled slots (keys a method added at prefill included). The model writes the new keys at
+    [length, length + T) in every layer and advances `length` once per forward. `method_state` is the method's own:
+    what it computed at prefill and reuses at every decode step (PEDRO's vectors); the model never reads it.
     """
 
     def __init__(self, num_layers, batch_size, max_len, num_kv_heads, head_dim, device=None, dtype=torch.float32):
         shape = (batch_size, num_kv_heads, max_len, head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
-        self.max_len, self.length, self.scales = max_len, 0, {}
+        self.max_len, self.length, self.method_state = max_len, 0, {}
 
     def update(self, layer: int, k, v):
         """Store k, v [B, H_kv, T, d_h] after the filled slots; return all keys and values so far."""
@@ -225,30 +221,32 @@ class LlamaAttention(nn.Module):
         self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.hd, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(self.n_head * self.hd, cfg.hidden_size, bias=cfg.attention_bias)
 
-    def forward(self, x, cos, sin, mask, cache, method, scales):
+    def forward(self, x, cos, sin, mask, cache, method=None, ctx=None):
         """x [B, T, d] -> [B, T, d]. mask: None (causal over these T tokens and the whole cached past) or a boolean
-        [B, 1, T, S] over all S keys (True = may attend); cache: a KVCache or None; scales: PEDRO's or None."""
-        B, T, _ = x.shape
-        ### BEGIN SOLUTION attention
+        [B, 1, T, S] over all S keys (True = may attend); cache: a KVCache or None; method, ctx: seams 2 and 3."""
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # [B, T, H*d_h], [B, T, H_kv*d_h] x2
-        ### END SOLUTION attention
-        if method is not None:  # seam 4 (LoRA): y ← y + (α/r)·B A x on the chosen projections, others unchanged
-            q, k, v = (method.lora(self.layer, name, x, y) for name, y in zip("qkv", (q, k, v)))
-        if scales is not None:  # seam 3 (PEDRO): prompt-dependent scales, q before RoPE; fp32 product, cast once
-            q, v = (q * scales.q).to(q.dtype), (v * scales.v).to(v.dtype)
+        if method is not None:  # seam 2: each projection, as a method edits it (LoRA: + ΔW x; PEDRO: l ⊙ y)
+            q, k, v = (method.project(self.layer, name, x, y, ctx) for name, y in zip("qkv", (q, k, v)))
+        q, k, v = self.heads(q, k, v, cos, sin)  # [B, H, T, d_h], [B, H_kv, T, d_h] x2; RoPE on q and k
+        if method is not None and (cache is None or cache.length == 0):  # seam 3, at prefill: extra keys/values
+            k, v = method.extra_kv(self.layer, k, v)  # (later steps find them in the cache)
+        return self.attend(q, k, v, mask, cache)  # [B, T, d]
+
+    def heads(self, q, k, v, cos, sin):
+        """Projections [B, T, H·d_h] -> heads [B, H, T, d_h] (H_kv heads for k, v), RoPE on q and k."""
         ### BEGIN SOLUTION attention
+        B, T, _ = q.shape
         q = q.view(B, T, self.n_head, self.hd).transpose(1, 2)  # [B, H, T, d_h]
         k = k.view(B, T, self.n_kv, self.hd).transpose(1, 2)  # [B, H_kv, T, d_h]
         v = v.view(B, T, self.n_kv, self.hd).transpose(1, 2)  # [B, H_kv, T, d_h]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return q, k, v
         ### END SOLUTION attention
-        if method is not None and (cache is None or cache.length == 0):
-            prefix = method.prefix_kv(self.layer, B)  # seam 2 (prefix-tuning): learned keys/values, not rotated
-            if prefix is not None:
-                ### BEGIN SOLUTION prefix
-                k, v = torch.cat([prefix[0].to(k.dtype), k], 2), torch.cat([prefix[1].to(v.dtype), v], 2)
-                ### END SOLUTION prefix
+
+    def attend(self, q, k, v, mask, cache):
+        """softmax(q kᵀ / √d_h + mask) v over the cached past and these keys, then o_proj: -> [B, T, d]."""
         ### BEGIN SOLUTION attention
+        B, _, T, _ = q.shape
         if cache is not None:
             k, v = cache.update(self.layer, k, v)  # [B, H_kv, S, d_h]: past (and prefix) keys first
         # GQA: query head h reads key/value head h // (H / H_kv) (enable_gqa; no copies of k and v)
@@ -263,19 +261,18 @@ class LlamaAttention(nn.Module):
 class LlamaMLP(nn.Module):
     """SwiGLU: down(silu(gate(x)) * up(x))."""
 
-    def __init__(self, cfg: LlamaConfig):
+    def __init__(self, cfg: LlamaConfig, layer: int):
         super().__init__()
+        self.layer = layer
         self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
         self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
 
-    def forward(self, x, scales):
-        gate, up = F.silu(self.gate_proj(x)), self.up_proj(x)  # [B, T, d_ff] each
-        if scales is None:
-            return self.down_proj(gate * up)
-        # seam 3 (PEDRO): gate ⊙ (l_u ⊙ up) (fp32 product, cast once), recomputed in the backward (keeps gate and
-        # up, as the frozen model does)
-        return self.down_proj(recompute_in_backward(lambda g, u, s: g * (u * s).to(u.dtype), gate, up, scales.u))
+    def forward(self, x, method=None, ctx=None):
+        gate, up = self.gate_proj(x), self.up_proj(x)  # [B, T, d_ff] each
+        if method is None:
+            return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(method.ffn_hidden(self.layer, gate, up, F.silu, ctx))  # seam 4: silu(gate) ⊙ up
 
 
 class LlamaBlock(nn.Module):
@@ -285,13 +282,13 @@ class LlamaBlock(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.self_attn = LlamaAttention(cfg, layer)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = LlamaMLP(cfg)
+        self.mlp = LlamaMLP(cfg, layer)
 
     def forward(self, x, cos, sin, mask, cache, method, prompt_mask):
         h = self.input_layernorm(x)
-        scales = None if method is None else method.scales(self.layer, h, prompt_mask, cache)  # seam 3 (PEDRO)
-        x = x + self.self_attn(h, cos, sin, mask, cache, method, scales)
-        return x + self.mlp(self.post_attention_layernorm(x), scales)
+        ctx = None if method is None else method.block_input(self.layer, h, prompt_mask, cache)  # seam 1
+        x = x + self.self_attn(h, cos, sin, mask, cache, method, ctx)
+        return x + self.mlp(self.post_attention_layernorm(x), method, ctx)
 
 
 class Llama(nn.Module):
@@ -312,51 +309,57 @@ class Llama(nn.Module):
                        self.config.head_dim, p.device, p.dtype)
 
     def forward(self, input_ids, attention_mask=None, cache=None, method=None, positions=None, prompt_mask=None):
-        """input_ids [B, T] -> logits [B, T, vocab].
+        """input_ids [B, T] -> logits [B, T, vocab]: embed -> blocks (seam 5 after each) -> norm -> head.
 
         attention_mask [B, past + T]: 1 = real token, 0 = padding (left or right); None = no padding.
         cache: a KVCache to read the past from and append these T tokens to; None = the T tokens are the whole input.
-        method: a reft.py method (or None); positions: where its residual edits act (seam 1), only at prefill;
+        method: a reft.py method (or None); positions: where its residual edits act (seam 5), only at prefill;
         prompt_mask [B, T]: which of these tokens are prompt (PEDRO pools over them; default attention_mask).
         """
+        check_input_ids(input_ids, self.config.vocab_size)
+        n_virtual = method.num_virtual_tokens if method is not None else 0  # keys a method puts first (prefix's P)
+        rope_pos, mask, added = self.positions_and_mask(input_ids, attention_mask, cache, n_virtual)
+        if self.inv_freq.device != input_ids.device:
+            self.inv_freq = self.inv_freq.to(input_ids.device)
+        x = self.embed_tokens(input_ids)  # [B, T, d]
+        cos, sin = rope_cos_sin(rope_pos, self.inv_freq)  # [B, 1, T, d_h] each
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        if prompt_mask is None and attention_mask is not None:  # the documented default: this call's real tokens
+            prompt_mask = attention_mask[:, -input_ids.shape[1]:]
+        for layer in self.layers:
+            x = layer(x, cos, sin, mask, cache, method, prompt_mask)
+            if method is not None and positions is not None:
+                x = method.residual(layer.layer, x, positions)  # seam 5: the residual stream after this block
+        if cache is not None:
+            cache.length += added
+        return self.lm_head(self.norm(x))
+
+    def positions_and_mask(self, input_ids, attention_mask, cache, n_virtual: int):
+        """This call's bookkeeping, prefill or decode: (RoPE positions [B, T], the attention mask [B, 1, T, S] or None
+        for plain causal attention, the cache slots it fills). n_virtual keys a method puts before the real tokens
+        (prefix-tuning's P) are added at prefill only, hold positions 0..P-1, and are always visible."""
         B, T = input_ids.shape
-        cfg = self.config
-        past = cache.length if cache is not None else 0  # filled cache slots, prefix included
-        n_virtual = method.num_virtual_tokens if method is not None else 0  # prefix-tuning's P, else 0
-        n_prefix = n_virtual if past == 0 else 0  # prefix keys added in this call (later they sit in the cache)
+        past = cache.length if cache is not None else 0  # filled cache slots, virtual keys included
         n_real = (past - n_virtual if past else 0) + T  # real tokens (past and current) the queries can see
-        check_input_ids(input_ids, cfg.vocab_size)
-        if n_virtual + n_real > cfg.max_position_embeddings:
+        if n_virtual + n_real > self.config.max_position_embeddings:
             raise ValueError(f"sequence of {n_real} tokens (+{n_virtual} virtual) is longer than the model's "
-                             f"context (max_position_embeddings={cfg.max_position_embeddings}); shorten the input")
+                             f"context (max_position_embeddings={self.config.max_position_embeddings}); shorten the "
+                             "input")
         if attention_mask is not None:
             if attention_mask.shape != (B, n_real):
                 raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, n_real)} "
                                  "(batch, past + current real tokens)")
-            pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]  # [B, T] real tokens from 0: left pad ok
+            rope_pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]  # [B, T] from 0: left padding ok
             mask = attention_mask_4d(attention_mask, n_virtual, T, causal=True)
         else:  # no padding: plain causal attention over everything before, no mask tensor needed at T=1
-            pos = torch.arange(n_real - T, n_real, device=input_ids.device)[None].expand(B, T)
+            rope_pos = torch.arange(n_real - T, n_real, device=input_ids.device)[None].expand(B, T)
             needs_mask = T > 1 and n_virtual + n_real > T
             mask = attention_mask_4d(input_ids.new_ones(B, n_real), n_virtual, T, causal=True) if needs_mask else None
-        if n_virtual:  # prefix-tuning: the P virtual tokens come first, so real tokens' RoPE positions start at P
+        if n_virtual:  # the P virtual tokens come first, so real tokens' RoPE positions start at P
             ### BEGIN SOLUTION prefix
-            pos = pos + n_virtual
+            rope_pos = rope_pos + n_virtual
             ### END SOLUTION prefix
-        if self.inv_freq.device != input_ids.device:
-            self.inv_freq = self.inv_freq.to(input_ids.device)
-        x = self.embed_tokens(input_ids)  # [B, T, d]
-        cos, sin = rope_cos_sin(pos, self.inv_freq)  # [B, 1, T, d_h] each
-        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-        if prompt_mask is None and attention_mask is not None:  # the documented default: this call's real tokens
-            prompt_mask = attention_mask[:, -T:]
-        for layer in self.layers:
-            x = layer(x, cos, sin, mask, cache, method, prompt_mask)
-            if method is not None and positions is not None:
-                x = method.edit_residual(layer.layer, x, positions)  # seam 1 (LoReFT/DiReFT)
-        if cache is not None:
-            cache.length += n_prefix + T
-        return self.lm_head(self.norm(x))
+        return rope_pos, mask, (n_virtual if past == 0 else 0) + T
 
 
 def check_input_ids(input_ids, vocab_size: int):
@@ -386,26 +389,21 @@ class EncoderLayer(nn.Module):
     def forward(self, x, mask, method, prompt_mask):
         B, T, d = x.shape
         hd = d // self.n_head
-        scales = None if method is None else method.scales(self.layer, x, prompt_mask, None)  # seam 3 (PEDRO)
+        ctx = None if method is None else method.block_input(self.layer, x, prompt_mask, None)  # seam 1
         q, k, v = self.query(x), self.key(x), self.value(x)  # [B, T, d] each
-        if method is not None:  # seam 4 (LoRA)
-            q, k, v = (method.lora(self.layer, name, x, y) for name, y in zip("qkv", (q, k, v)))
-        if scales is not None:  # fp32 product, cast once
-            q, v = (q * scales.q).to(q.dtype), (v * scales.v).to(v.dtype)
+        if method is not None:  # seam 2: each projection, as a method edits it
+            q, k, v = (method.project(self.layer, name, x, y, ctx) for name, y in zip("qkv", (q, k, v)))
         q, k, v = (t.view(B, T, self.n_head, hd).transpose(1, 2) for t in (q, k, v))  # [B, H, T, d_h]
-        if method is not None:
-            prefix = method.prefix_kv(self.layer, B)  # seam 2 (prefix-tuning): visible to every token
-            if prefix is not None:
-                k, v = torch.cat([prefix[0].to(k.dtype), k], 2), torch.cat([prefix[1].to(v.dtype), v], 2)
+        if method is not None:  # seam 3: extra keys/values, visible to every token
+            k, v = method.extra_kv(self.layer, k, v)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.attn_drop if self.training else 0.0)
         x = self.attn_norm(x + self.drop(self.attn_out(y.transpose(1, 2).reshape(B, T, d))))
-        up = self.intermediate(x)  # [B, T, d_ff]
-        if scales is None:
-            up = F.gelu(up, approximate=self.gelu_approx)
-        else:  # seam 3 (PEDRO): l_u ⊙ gelu(up), recomputed in the backward (keeps up, as the frozen model does)
-            up = recompute_in_backward(lambda u, s: (F.gelu(u, approximate=self.gelu_approx) * s).to(u.dtype), up,
-                                       scales.u)
-        return self.output_norm(x + self.drop(self.output(up)))
+        up, act = self.intermediate(x), self.act  # [B, T, d_ff]
+        h = act(up) if method is None else method.ffn_hidden(self.layer, None, up, act, ctx)  # seam 4: gelu(up)
+        return self.output_norm(x + self.drop(self.output(h)))
+
+    def act(self, u):
+        return F.gelu(u, approximate=self.gelu_approx)
 
 
 class ClassificationHead(nn.Module):
@@ -450,19 +448,20 @@ class Encoder(nn.Module):
         prompt_mask = attention_mask if prompt_mask is None else prompt_mask  # PEDRO pools over real tokens
         if cfg.model_type == "roberta":  # padding tokens sit at position pad_token_id, real ones count from it
             not_pad = (input_ids != cfg.pad_token_id).long()
-            pos = not_pad.cumsum(-1) * not_pad + cfg.pad_token_id
+            position_ids = not_pad.cumsum(-1) * not_pad + cfg.pad_token_id
         else:
-            pos = torch.arange(T, device=input_ids.device)[None].expand(B, T)
+            position_ids = torch.arange(T, device=input_ids.device)[None].expand(B, T)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        x = self.word_embeddings(input_ids) + self.position_embeddings(pos) + self.token_type_embeddings(token_type_ids)
+        x = self.word_embeddings(input_ids) + self.position_embeddings(position_ids) + \
+            self.token_type_embeddings(token_type_ids)
         x = self.drop(self.embed_norm(x))  # [B, T, d]
         n_virtual = method.num_virtual_tokens if method is not None else 0
         mask = attention_mask_4d(attention_mask, n_virtual, T, causal=False)  # [B, 1, T, P + T]
         for layer in self.layers:
             x = layer(x, mask, method, prompt_mask)
             if method is not None and positions is not None:
-                x = method.edit_residual(layer.layer, x, positions)  # seam 1 (LoReFT/DiReFT)
+                x = method.residual(layer.layer, x, positions)  # seam 5 (LoReFT/DiReFT)
         return x
 
     def classify(self, hidden):

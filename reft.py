@@ -1,11 +1,13 @@
 """
-reft.py: the four methods and the LoRA baseline, each a plain nn.Module that model.py calls at one of its four seams.
+reft.py: the four methods and the LoRA baseline, each a plain nn.Module that model.py calls at its seams (model.py's
+docstring lists them in the order a block meets them; `Method` below gives each one's default, which changes nothing).
 
-  LoReFT, DiReFT (ReFT paper, arXiv 2404.03592 §3.2)  -> seam 1: the residual stream after chosen blocks, at chosen
+  PEDRO (Xie et al., arXiv 2409.17834)                 -> seams 1, 2, 4: reads the block's input, scales q, v and the
+                                                          FFN's up state by prompt-dependent vectors
+  LoRA (Hu et al., arXiv 2106.09685), the baseline      -> seam 2: low-rank updates W + (α/r)·B A of q/k/v projections
+  PrefixTuning (Li & Liang, arXiv 2101.00190)          -> seam 3: learned keys/values inside every attention
+  LoReFT, DiReFT (ReFT paper, arXiv 2404.03592 §3.2)  -> seam 5: the residual stream after chosen blocks, at chosen
                                                           prompt positions ("fA+lB", below), edited once at prefill
-  PrefixTuning (Li & Liang, arXiv 2101.00190)          -> seam 2: learned keys/values inside every attention
-  PEDRO (Xie et al., arXiv 2409.17834)                 -> seam 3: prompt-dependent scales on q, v and the FFN up
-  LoRA (Hu et al., arXiv 2106.09685), the baseline      -> seam 4: low-rank updates W + (α/r)·B A of q/k/v projections
 
 A method is passed to the model's forward (`model(ids, mask, method=m, positions=p)`); the base model stays frozen
 and only the method trains. Read top to bottom: the seam interface, the position rule, the methods, building one
@@ -18,26 +20,33 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 ACTIVATIONS = {"linear": lambda x: x, "relu": F.relu, "gelu": F.gelu, "silu": F.silu, "tanh": torch.tanh}
 
 
 class Method(nn.Module):
-    """The four seams model.py calls. Each method overrides the one it acts at; the others do nothing."""
+    """The seams model.py calls, named by where they act, in the order a block meets them. Each method overrides the
+    ones it acts at; these defaults change nothing. Why five seams rather than fewer: each is one place in a
+    transformer block that some method edits, so a reader finds every way a method can act by grepping "seam" in
+    model.py, and one seam call serves every method that acts there (LoRA and PEDRO share the projection seam)."""
 
-    num_virtual_tokens = 0  # prefix-tuning's P (keys the real tokens attend to before their own)
+    num_virtual_tokens = 0  # keys a method puts before the real tokens (prefix-tuning's P); model.py counts them
 
-    def edit_residual(self, layer: int, h, positions):  # seam 1: h [B, T, d] -> h [B, T, d]
-        return h
+    def block_input(self, layer: int, h, prompt_mask, cache):  # seam 1: the block's normed input h [B, T, d]
+        return None  # -> ctx, handed back to this block's seams 2 and 4 (PEDRO: its vectors)
 
-    def prefix_kv(self, layer: int, batch_size: int):  # seam 2: None or (k, v) each [B, H_kv, P, d_h]
-        return None
-
-    def scales(self, layer: int, x, prompt_mask, cache):  # seam 3: None or Scales(q, v, u), each [B, 1, width]
-        return None
-
-    def lora(self, layer: int, name: str, x, y):  # seam 4: y [B, T, out] = projection `name` (q, k, v) of x [B, T, in]
+    def project(self, layer: int, name: str, x, y, ctx):  # seam 2: y [B, T, out] = projection `name` (q, k, v) of x
         return y
+
+    def extra_kv(self, layer: int, k, v):  # seam 3: keys/values [B, H_kv, T, d_h] at prefill -> [B, H_kv, S, d_h]
+        return k, v
+
+    def ffn_hidden(self, layer: int, gate, up, act, ctx):  # seam 4: the FFN's hidden state, [B, T, d_ff]
+        return act(gate) * up if gate is not None else act(up)  # gated (LLaMA: silu(gate) ⊙ up); plain (BERT)
+
+    def residual(self, layer: int, h, positions):  # seam 5: the residual stream after block `layer`, h [B, T, d]
+        return h
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -63,13 +72,11 @@ def num_groups(first: int, last: int, share_weights: bool) -> int:
     return 2 if first and last and not share_weights else 1
 
 
-def reft_positions(prompt_len: int, first: int, last: int, share_weights: bool, offset: int = 0,
-                   rule: str = "paper") -> torch.Tensor:
+def reft_positions(prompt_len: int, first: int, last: int, share_weights: bool, offset: int = 0) -> torch.Tensor:
     """The "fA+lB" positions of one prompt of n = prompt_len tokens as a LongTensor [G, slots], -1 = empty slot.
 
     Short prompts (ReFT §4.1, rule "paper"): A <- min(A, floor(n/2)), B <- min(B, ceil(n/2)), so the two groups
-    never overlap; the freed slots stay empty (-1), the paper's "no truncated interventions". Rule "legacy" (runs
-    saved before this rule was adopted) used min(A, n) when only fA (or only lB) is given.
+    never overlap; the freed slots stay empty (-1), the paper's "no truncated interventions".
     Groups: untied (share_weights False, A and B > 0): G = 2, [first-A group, last-B group], each max(A, B) slots;
     otherwise G = 1 with A + B slots. `offset` shifts every index (left padding puts the prompt at `offset`).
 
@@ -78,12 +85,8 @@ def reft_positions(prompt_len: int, first: int, last: int, share_weights: bool, 
         n 10, f2+l2 tied             -> [[0, 1, 8, 9]]
         n 5,  f2+l2 untied, offset 3 -> [[3, 4], [6, 7]]      (three pad tokens on the left)
         n 3,  f2+l2 untied           -> [[0, -1], [1, 2]]     (A = min(2, 1) = 1, B = min(2, 2) = 2)
-        n 4,  f3                     -> [[0, 1, -1]]          (A = min(3, 2); "legacy": [[0, 1, 2]])
+        n 4,  f3                     -> [[0, 1, -1]]          (A = min(3, 2))
     """
-    if rule == "legacy" and not (first and last):  # the only case where the legacy rule differs: min(A, n)
-        k = min(first + last, prompt_len)
-        kept = range(k) if first else range(prompt_len - k, prompt_len)
-        return torch.tensor([[offset + i for i in kept] + [-1] * (first + last - k)])
     ### BEGIN SOLUTION positions
     a, b = min(first, prompt_len // 2), min(last, (prompt_len + 1) // 2)
     head = [offset + i for i in range(a)]  # the first a prompt tokens
@@ -97,20 +100,25 @@ def reft_positions(prompt_len: int, first: int, last: int, share_weights: bool, 
     ### END SOLUTION positions
 
 
+# Short-prompt rules by name. Runs saved by earlier versions of this project used another rule; support/saving.py,
+# which loads them, adds it here as "legacy" (compatibility lives with the loading code).
+POSITION_RULES = {"paper": reft_positions}
+
+
 @dataclass(frozen=True)
 class PositionScheme:
     """A parsed "fA+lB" with its weight sharing and short-prompt rule: what data.collate needs to place edits."""
     first: int
     last: int
     share_weights: bool = False
-    rule: str = "paper"  # "paper" or "legacy" (see reft_positions)
+    rule: str = "paper"  # a name in POSITION_RULES: "paper" (reft_positions), or a loaded old run's "legacy"
 
     def of(self, prompt_len: int, offset: int = 0) -> torch.Tensor:  # -> [G, slots]
-        return reft_positions(prompt_len, self.first, self.last, self.share_weights, offset, self.rule)
+        return POSITION_RULES[self.rule](prompt_len, self.first, self.last, self.share_weights, offset)
 
 
 # -----------------------------------------------------------------------------------------------------------------
-# Seam 1: LoReFT and DiReFT
+# Seam 5: LoReFT and DiReFT
 
 
 class LoReFT(nn.Module):
@@ -144,9 +152,9 @@ class LoReFT(nn.Module):
         if self.rotation == "householder":
             return self.U.T  # U: computed by the parametrization at every access
         ### BEGIN SOLUTION loreft
-        q, r = torch.linalg.qr(self.A)  # q [d, r] orthonormal columns, r [r, r] upper triangular
-        sign = torch.sign(torch.diagonal(r)).masked_fill(torch.diagonal(r) == 0, 1.0)  # unique QR: diag(r) > 0
-        return (q * sign).T
+        Q, upper = torch.linalg.qr(self.A)  # Q [d, r] orthonormal columns, upper [r, r] upper triangular
+        sign = torch.sign(torch.diagonal(upper)).masked_fill(torch.diagonal(upper) == 0, 1.0)  # unique: diag > 0
+        return (Q * sign).T
         ### END SOLUTION loreft
 
     def forward(self, h):  # h [..., d] -> Φ(h) [..., d]
@@ -193,7 +201,7 @@ class ReFT(Method):
         self.interventions = nn.ModuleDict({f"{l}_{g}": cls(hidden_size, rank, dropout, act_fn)
                                             for l in layers for g in range(groups)})
 
-    def edit_residual(self, layer: int, h, positions):
+    def residual(self, layer: int, h, positions):
         """h [B, T, d] with Φ written at each group's positions (once per token: a token listed twice in a group,
         or an empty slot, is skipped)."""
         if f"{layer}_0" not in self.interventions:
@@ -213,7 +221,7 @@ class ReFT(Method):
 
 
 # -----------------------------------------------------------------------------------------------------------------
-# Seam 2: prefix-tuning
+# Seam 3: prefix-tuning
 
 
 class PrefixTuning(Method):
@@ -221,8 +229,8 @@ class PrefixTuning(Method):
     attends to; nothing is computed for the prefix positions. In layer ℓ, for every key/value head:
         K ← [K_prefix,ℓ ; K(x)],  V ← [V_prefix,ℓ ; V(x)]   (along the key axis: [B, H_kv, P + T, d_h])
     i.e. a learned initial KV cache, sized by the key/value heads (GQA: H_kv·d_h wide, as HF PEFT). model.py gives
-    the real tokens RoPE positions P, P+1, ... and uses the prefix keys as stored, never rotated (as PEFT on HF
-    LLaMA); the encoder keeps its own absolute positions and shows the prefix to every token.
+    the real tokens RoPE positions P, P+1, ... (num_virtual_tokens) and the prefix keys enter as stored, never
+    rotated (as PEFT on HF LLaMA); the encoder keeps its own absolute positions and shows the prefix to every token.
 
     projection=False: one tensor `prefix` [L, 2, H_kv, P, d_h] (2 = keys, values) ~ N(0, 0.02²), our choice: small, so
     training starts near the base model, but random, as equal slots would get equal gradients and stay equal (PEFT's
@@ -255,10 +263,14 @@ class PrefixTuning(Method):
         out = F.linear(self.mlp[1](self.mlp[0](self.embedding)), self.mlp[2].weight[rows], self.mlp[2].bias[rows])
         return out.view(-1, *self.kv_shape).permute(1, 2, 0, 3)  # [P, 2, H_kv, d_h] -> [2, H_kv, P, d_h]
 
-    def prefix_kv(self, layer: int, batch_size: int):
+    def extra_kv(self, layer: int, k, v):
+        """Seam 3: k, v [B, H_kv, T, d_h] -> [B, H_kv, P + T, d_h], layer ℓ's P learned keys and values first, as
+        stored (no RoPE), the same for every row."""
         ### BEGIN SOLUTION prefix
         kv = self.layer_kv(layer)  # [2, H_kv, P, d_h]
-        return kv[0].expand(batch_size, -1, -1, -1), kv[1].expand(batch_size, -1, -1, -1)  # [B, H_kv, P, d_h], views
+        B = k.shape[0]
+        pk, pv = kv[0].expand(B, -1, -1, -1), kv[1].expand(B, -1, -1, -1)  # [B, H_kv, P, d_h] each, views
+        return torch.cat([pk.to(k.dtype), k], 2), torch.cat([pv.to(v.dtype), v], 2)
         ### END SOLUTION prefix
 
     @torch.no_grad()
@@ -271,9 +283,16 @@ class PrefixTuning(Method):
 
 
 # -----------------------------------------------------------------------------------------------------------------
-# Seam 3: PEDRO
+# Seams 1, 2 and 4: PEDRO
 
-Scales = namedtuple("Scales", "q v u")  # seam 3's vectors, each [B, 1, width] fp32: q_proj, v_proj, FFN up outputs
+Scales = namedtuple("Scales", "q v u")  # PEDRO's vectors, each [B, 1, width] fp32: for q_proj, v_proj, FFN up outputs
+
+
+def recompute_in_backward(fn, *args):
+    """fn(*args), for PEDRO's FFN scale: in training, autograd keeps fn's inputs and recomputes fn in the backward
+    (torch.utils.checkpoint) instead of keeping the scaled [B, T, d_ff] state it makes. With frozen weights the inputs
+    are what the frozen model keeps anyway, so the scale costs no activation memory."""
+    return checkpoint(fn, *args, use_reentrant=False) if torch.is_grad_enabled() else fn(*args)
 
 
 class RationalActivation(nn.Module):
@@ -309,8 +328,9 @@ class PEDRO(Method):
         g = pool(X, m) [B, d],   z = W_up σ(W_down g + b_down) + b_up,   [l_q, l_v, l_u] = 1 + z
         q = l_q ⊙ q_proj(x),   v = l_v ⊙ v_proj(x),   FFN = down(act(gate(x)) ⊙ (l_u ⊙ up(x)))
     with σ a learnable rational activation per layer. The vectors depend on the prompt only (m is 1 on prompt tokens,
-    0 on padding and response tokens) and scale every position. In generation they are computed at prefill, kept in
-    the KVCache (`cache.scales[ℓ]`) and reused at every decode step, so decoding costs one multiply per scale.
+    0 on padding and response tokens) and scale every position. Seam 1 (block_input) computes them from the block's
+    input; seams 2 (project: q, v) and 4 (ffn_hidden: the up state) apply them. In generation they are computed at
+    prefill, kept in the KVCache (`cache.method_state[ℓ]`) and reused at every decode step: one multiply per scale.
 
     What the paper specifies: one generator per layer, pooler -> down -> activation -> up; a rational activation
     learned by bi-level optimisation; l_q, l_v, l_u on Q, V and the FFN up state. What this project chose (the paper
@@ -328,8 +348,9 @@ class PEDRO(Method):
       nn.Linear's defaults; σ a leaky-ReLU fit (RationalActivation).
     - NOT implemented: the bi-level optimisation. The rational coefficients train jointly with everything else,
       on the same data and by the same optimizer.
-    The generator runs in fp32, autocast off, and the scales stay fp32: model.py multiplies in fp32 and casts the
-    product, as PEFT's (IA)³ does (in bf16, 1.003 would round to exactly 1.0 and small scales could not be learned).
+    The generator runs in fp32, autocast off, and the scales stay fp32: project and ffn_hidden multiply in fp32 and
+    cast the product once, as PEFT's (IA)³ does (in bf16, 1.003 would round to exactly 1.0 and small scales could not
+    be learned). The FFN product is recomputed in the backward, so the scale costs no activation memory.
     """
 
     def __init__(self, layers: list[int], hidden_size: int, q_width: int, v_width: int, u_width: int, rank: int,
@@ -354,16 +375,18 @@ class PEDRO(Method):
         m = torch.ones(B, T, device=x.device) if prompt_mask is None else (prompt_mask > 0).to(x.dtype)
         if self.pooling == "mean":
             return (x * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp(min=1)
-        rank = torch.arange(1, T + 1, device=x.device)  # argmax of m·rank = the last prompt token of each row
-        idx = (m * (rank if self.pooling == "last" else rank.flip(0))).argmax(1)  # [B]
+        order = torch.arange(1, T + 1, device=x.device)  # argmax of m·order = the last prompt token of each row
+        idx = (m * (order if self.pooling == "last" else order.flip(0))).argmax(1)  # [B]
         return x[torch.arange(B, device=x.device), idx]
         ### END SOLUTION pedro
 
-    def scales(self, layer: int, x, prompt_mask, cache):
+    def block_input(self, layer: int, x, prompt_mask, cache):
+        """Seam 1: the layer's vectors Scales(q, v, u) from its input x [B, T, d] (None for a layer without a
+        generator), computed at prefill and reused from the cache at decode steps."""
         if str(layer) not in self.generators:
             return None
-        if cache is not None and layer in cache.scales:  # decode step: reuse the vectors of the prompt (prefill)
-            return cache.scales[layer]
+        if cache is not None and layer in cache.method_state:  # decode step: reuse the vectors of the prompt
+            return cache.method_state[layer]
         generator = self.generators[str(layer)]
         with torch.autocast(x.device.type, enabled=False):
             ### BEGIN SOLUTION pedro
@@ -371,17 +394,32 @@ class PEDRO(Method):
             s = Scales(*((1 + t)[:, None] for t in z.split(self.widths, -1)))  # each [B, 1, width], fp32
             ### END SOLUTION pedro
         if cache is not None:
-            cache.scales[layer] = s
+            cache.method_state[layer] = s
         return s
+
+    def project(self, layer: int, name: str, x, y, ctx):
+        """Seam 2: l_q ⊙ q_proj(x), l_v ⊙ v_proj(x) (before RoPE); fp32 product, cast once. k is left alone."""
+        if ctx is None or name == "k":
+            return y
+        return (y * (ctx.q if name == "q" else ctx.v)).to(y.dtype)
+
+    def ffn_hidden(self, layer: int, gate, up, act, ctx):
+        """Seam 4: act(gate) ⊙ (l_u ⊙ up) (gated FFN), l_u ⊙ act(up) (plain FFN, the encoder's GELU output);
+        fp32 product cast once, recomputed in the backward."""
+        if ctx is None:
+            return super().ffn_hidden(layer, gate, up, act, ctx)
+        if gate is None:
+            return recompute_in_backward(lambda u, s: (act(u) * s).to(u.dtype), up, ctx.u)
+        return recompute_in_backward(lambda g, u, s: g * (u * s).to(u.dtype), act(gate), up, ctx.u)
 
 
 # -----------------------------------------------------------------------------------------------------------------
-# Seam 4: LoRA, the baseline the comparisons measure the methods against
+# Seam 2: LoRA, the baseline the comparisons measure the methods against
 
 
 class LoRA(Method):
     """LoRA (Hu et al., arXiv 2106.09685 §4.1): y = W x + (α/r)·B A dropout(x) on chosen frozen projections, q and v by
-    default (§7.1). A kaiming-uniform, B = 0 (starts at the base); added at seam 4, never merged into W; fp32; = PEFT."""
+    default (§7.1). A kaiming-uniform, B = 0 (starts at the base); added at seam 2, never merged into W; fp32; = PEFT."""
 
     def __init__(self, layers: list[int], shapes: dict, rank: int, alpha: float, dropout: float = 0.0):
         super().__init__()  # shapes: projection (q, k, v) -> (in, out) features; one A, B per (layer, projection)
@@ -391,7 +429,7 @@ class LoRA(Method):
             self.A[key] = nn.Parameter(nn.init.kaiming_uniform_(torch.empty(rank, n_in), a=5 ** 0.5))  # [r, in]
             self.B[key] = nn.Parameter(torch.zeros(n_out, rank))  # B [out, r] = 0: B A = 0 at the start
 
-    def lora(self, layer: int, name: str, x, y):
+    def project(self, layer: int, name: str, x, y, ctx):
         A, B = self.A.get(f"{layer}_{name}"), self.B.get(f"{layer}_{name}")  # [r, in], [out, r]
         if A is None:  # a projection (or layer) this LoRA leaves alone
             return y
@@ -412,7 +450,7 @@ class MethodConfig:
     layers: list[int] = field(default_factory=list)  # block indices the method acts on (resolved, 0-based)
     positions: str = "f1+l1"  # ReFT: first A and last B prompt tokens
     share_weights: bool = False  # ReFT: one intervention for both position groups (the paper's "tied")
-    position_rule: str = "paper"  # ReFT: short-prompt rule, "paper" or "legacy" (runs saved before it; reft_positions)
+    position_rule: str = "paper"  # ReFT: short-prompt rule (reft_positions); old saved runs load as "legacy"
     rank: int = 4  # ReFT, LoRA: rank r of the subspace / update; PEDRO: bottleneck width of the vector generator
     dropout: float = 0.0  # ReFT: dropout on the intervention output; LoRA: on its input x
     act_fn: str = "linear"  # ReFT: activation on W h + b
@@ -452,7 +490,7 @@ def build_method(cfg: MethodConfig, model) -> Method:
     if cfg.method in ("loreft", "direft", "pedro", "lora") and cfg.rank <= 0:
         raise ValueError(f"rank must be positive, got {cfg.rank}")
     if cfg.method in ("loreft", "direft"):
-        for name, allowed in (("act_fn", ACTIVATIONS), ("position_rule", ("paper", "legacy")),
+        for name, allowed in (("act_fn", ACTIVATIONS), ("position_rule", POSITION_RULES),
                               ("rotation", ("qr", "householder"))):
             if getattr(cfg, name) not in allowed:
                 raise ValueError(f"unknown {name} {getattr(cfg, name)!r}: expected one of {', '.join(allowed)}")

@@ -38,7 +38,7 @@ def load_pyreft(folder: str, model, positions: str) -> tuple[Method, MethodConfi
     """Load interventions saved by pyreft's `ReftModel.save(folder)` onto our `model` (a model.Llama).
 
     Supported: `LoreftIntervention` (-> LoReFT) and `NodireftIntervention` (paper DiReFT, -> DiReFT), component
-    "block_output" (the residual stream after block `layer`, our seam 1), unit "pos". pyreft does not save the
+    "block_output" (the residual stream after block `layer`, our seam 5), unit "pos". pyreft does not save the
     positions, so `positions` ("f1+l1", "f3", ...) must be given; it decides the layout:
       fA+lB untied: every layer appears twice; the first half of the representations is the first-A group (key
         #0 on its layer), the second half the last-B group (#1), as pyreft's training scripts lay them out;

@@ -22,7 +22,7 @@ import torch
 
 from support.files import atomic_text, atomic_write
 from support.untrusted import load_torch
-from reft import LoReFT, Method, MethodConfig, PrefixTuning, build_method
+from reft import POSITION_RULES, LoReFT, Method, MethodConfig, PrefixTuning, build_method, reft_positions
 
 # old parameter name -> new, per method kind (the order of parameters, which optimizer states follow, is unchanged)
 RENAMED = {"loreft": [(r"\.rotation$", ".A"), (r"\.learned_source\.", ".W.")],
@@ -37,6 +37,19 @@ def upgrade_state_dict(state: dict, method: str) -> dict:
             key = re.sub(pattern, repl, key)
         out[key] = value
     return out
+
+
+def legacy_positions(prompt_len: int, first: int, last: int, share_weights: bool, offset: int = 0) -> torch.Tensor:
+    """The short-prompt rule of runs saved before the paper's was adopted: with only fA (or only lB) it kept
+    min(A, n) tokens instead of min(A, ⌊n/2⌋); with fA+lB it was already the paper's (reft.reft_positions)."""
+    if first and last:
+        return reft_positions(prompt_len, first, last, share_weights, offset)
+    k = min(first + last, prompt_len)
+    kept = range(k) if first else range(prompt_len - k, prompt_len)
+    return torch.tensor([[offset + i for i in kept] + [-1] * (first + last - k)])
+
+
+POSITION_RULES["legacy"] = legacy_positions  # so that MethodConfig(position_rule="legacy").position_scheme() works
 
 
 def upgrade_config(config: dict) -> MethodConfig:

@@ -30,7 +30,7 @@ def test_pedro_small_scales_move_a_bf16_model():
         bf16 = (model(ids, method=method).float() - model(ids).float()).abs().max()
     assert fp32 > 1e-3
     assert bf16 > 0, "scales of 1.003 are lost in bf16: apply them in fp32 and cast the product"
-    scales = method.scales(0, torch.randn(2, 9, 64).bfloat16(), None, None)
+    scales = method.block_input(0, torch.randn(2, 9, 64).bfloat16(), None, None)
     assert all(s.dtype == torch.float32 for s in scales)
 
 
@@ -47,7 +47,7 @@ def test_reft_writes_phi_once_in_the_models_dtype():
         h = (3 * torch.randn(2, 10, 64)).bfloat16()
         positions = torch.tensor([[[0, -1, 0], [8, 9, -1]], [[1, 2, 3], [-1, -1, 7]]])  # [B, G, slots]
         with torch.no_grad():
-            out = method.edit_residual(0, h, positions)
+            out = method.residual(0, h, positions)
         for b, g, p in [(0, 0, 0), (0, 1, 8), (0, 1, 9), (1, 0, 1), (1, 0, 2), (1, 0, 3), (1, 1, 7)]:
             with torch.no_grad():
                 want = method.interventions[f"0_{g}"](h[b, p])

@@ -74,3 +74,18 @@ def test_core_files_keep_their_line_budgets():
     lines = {name: sum(1 for line in (REPO / name).read_text().splitlines() if line.strip()) for name in BUDGETS}
     over = {name: n for name, n in lines.items() if n > BUDGETS[name]}
     assert not over, f"over the budget: {over} (budgets {BUDGETS})"
+
+
+def test_one_solution_region_per_function():
+    """Each assignment part's code in a function is one region (seam calls sit outside the regions)."""
+    import re
+    for name in BUDGETS:
+        src = (REPO / name).read_text()
+        functions = [(n.lineno, n.end_lineno, n.name) for n in ast.walk(ast.parse(src)) if isinstance(n, ast.FunctionDef)]
+        count = {}
+        for i, line in enumerate(src.splitlines(), 1):
+            m = re.search(r"### BEGIN SOLUTION (\w+)", line)
+            if m:
+                inner = min((f for f in functions if f[0] <= i <= f[1]), key=lambda f: f[1] - f[0])
+                count[(m.group(1), inner[2])] = count.get((m.group(1), inner[2]), 0) + 1
+        assert all(n == 1 for n in count.values()), (name, {k: n for k, n in count.items() if n > 1})

@@ -149,8 +149,8 @@ def test_prefix_cache_equals_recompute_and_trains(llama):
         M.generate(llama, ids, mask, 8, method=method, use_cache=False).tolist()
     # parameters exist, are the only trainable ones, and every layer's keys and values get a gradient
     assert [n for n, _ in method.named_parameters()] == ["prefix"] and method.prefix.shape == (2, 2, 2, P, 16)
-    k, v = method.prefix_kv(1, 5)
-    assert k.shape == v.shape == (5, 2, P, 16) and k.stride(0) == v.stride(0) == 0  # expanded views, no copy
+    k, v = method.extra_kv(1, *2 * [torch.zeros(5, method.kv_shape[1], 0, method.kv_shape[2])])
+    assert k.shape == v.shape == (5, 2, P, 16)  # the prefix alone before no real keys, for every row
     assert torch.equal(k[4], method.prefix[1, 0]) and torch.equal(v[0], method.prefix[1, 1])
     llama.requires_grad_(False)
     llama(ids, mask, method=method)[mask.bool()].logsumexp(-1).sum().backward()
@@ -300,9 +300,9 @@ def test_pedro_vectors_depend_on_prompt_only(llama, pooling):
         llama(other, mask, c3, method)
         c4 = llama.new_cache(2, 16)  # a different prompt gives different vectors (the check can fail)
         llama(ids.roll(1, 1), mask, c4, method)
-    assert sorted(c1.scales) == [0, 1]
+    assert sorted(c1.method_state) == [0, 1]
     for l in (0, 1):
-        for s1, s2, s3, s4 in zip(c1.scales[l], c2.scales[l], c3.scales[l], c4.scales[l]):
+        for s1, s2, s3, s4 in zip(c1.method_state[l], c2.method_state[l], c3.method_state[l], c4.method_state[l]):
             assert s1.shape[:2] == (2, 1)
             torch.testing.assert_close(s2, s1, atol=1e-6, rtol=1e-5)
             torch.testing.assert_close(s3, s1, atol=1e-6, rtol=1e-5)

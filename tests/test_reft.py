@@ -169,7 +169,7 @@ def test_loreft_on_a_bf16_model():
     h = torch.randn(2, 7, TINY["hidden_size"]).to(torch.bfloat16)
     pos = torch.tensor([[[0], [6]], [[1], [5]]])  # f1+l1: [B, G=2, n=1]
     with torch.no_grad():
-        edited = m.edit_residual(0, h, pos)
+        edited = m.residual(0, h, pos)
     assert edited.dtype == torch.bfloat16 and not torch.equal(edited, h)
     ids = torch.randint(0, 128, (2, 7), generator=torch.Generator().manual_seed(4))
     before = {k: v.detach().clone() for k, v in m.state_dict().items()}
@@ -426,10 +426,10 @@ def test_import_errors(tmp_path):
 
 
 # -----------------------------------------------------------------------------------------------------------------
-# ReFT.edit_residual: empty slots (-1) and groups
+# ReFT.residual: empty slots (-1) and groups
 
 
-def test_edit_residual_slots():
+def test_residual_slots():
     model = tiny_llama()
     m, _ = random_reft(model, positions="f2", seed=6)  # one group per layer, 2 slots
     ids = torch.randint(0, 128, (2, 7), generator=torch.Generator().manual_seed(5))

@@ -39,9 +39,9 @@ def test_reft_positions_worked_examples():
     assert reft.reft_positions(5, 3, 0, False).tolist() == [[0, 1, -1]]
     assert reft.reft_positions(5, 0, 4, False).tolist() == [[2, 3, 4, -1]]
     assert reft.reft_positions(4, 0, 2, False).tolist() == [[2, 3]]
-    assert reft.reft_positions(2, 3, 0, False, rule="legacy").tolist() == [[0, 1, -1]]
-    assert reft.reft_positions(5, 0, 4, False, rule="legacy").tolist() == [[1, 2, 3, 4]]
-    assert reft.reft_positions(3, 2, 2, False, rule="legacy").tolist() == [[0, -1], [1, 2]]  # fA+lB: the same
+    assert saving.legacy_positions(2, 3, 0, False).tolist() == [[0, 1, -1]]
+    assert saving.legacy_positions(5, 0, 4, False).tolist() == [[1, 2, 3, 4]]
+    assert saving.legacy_positions(3, 2, 2, False).tolist() == [[0, -1], [1, 2]]  # fA+lB: the same
 
 
 def _tiny_llama(seed=0):

@@ -23,7 +23,7 @@ def cited() -> list[str]:
 
 def resolves(name: str) -> bool:
     """A dotted name whose head is one of our modules must resolve attribute by attribute; any other identifier
-    (a method, an attribute like A or cache.scales) must occur as a word in the core or support source."""
+    (a method, an attribute like A or cache.method_state) must occur as a word in the core or support source."""
     name = name.removesuffix("()")
     if hasattr(builtins, name):
         return True
@@ -66,7 +66,7 @@ def test_the_words_and_the_try_its():
 
 def test_a_cited_name_that_does_not_exist_is_caught():
     assert not resolves("model.RMSNorm.no_such_thing") and not resolves("reft.NoSuchMethod")
-    assert not resolves("no_such_function_anywhere") and resolves("reft.LoReFT.R") and resolves("cache.scales")
+    assert not resolves("no_such_function_anywhere") and resolves("reft.LoReFT.R") and resolves("cache.method_state")
 
 
 def test_python_names_in_the_other_docs_exist():
@@ -78,3 +78,35 @@ def test_python_names_in_the_other_docs_exist():
             if "." in span and (head in ("model", "reft", "data", "train") or span.startswith("support.")) \
                     and not span.endswith((".py", ".pt", ".json", ".jsonl", ".md", ".model", ".bin")):
                 assert resolves(span), f"{doc} cites `{span}`, which is not importable"
+
+
+def test_solution_snippets_are_the_code():
+    """Every line of a snippet that shows a part's solution (between <!-- BEGIN/END SOLUTION part --> markers, which
+    the assignment copy blanks) is a line of the core code, so the walkthrough cannot drift from it."""
+    source = re.sub(r"\s+", " ", "\n".join((REPO / f).read_text() for f in ("model.py", "reft.py", "data.py",
+                                                                            "train.py")))
+    snippets = re.findall(r"<!-- BEGIN SOLUTION (\w+) -->\n(.*?)<!-- END SOLUTION \1 -->", TEXT, re.S)
+    assert len(snippets) >= 10
+    for part, body in snippets:
+        for line in body.splitlines():
+            code = re.split(r"\s{2,}#|\s#\s", line)[0].strip()
+            if code and not code.startswith("```"):
+                assert re.sub(r"\s+", " ", code) in source, f"WALKTHROUGH's {part} snippet line is not in the code: {code}"
+
+
+def test_the_try_its_run(tmp_path):
+    """Every python try-it of the walkthrough runs (from the repository root, as a reader pastes it) and prints what
+    its comments promise, first word of each promised line."""
+    import subprocess
+    import sys
+    blocks = [b for b in re.findall(r"\*\*Try it\.\*\*[^\n]*\n```python\n(.*?)```", TEXT, re.S)]
+    assert len(blocks) >= 8
+    for code in blocks:
+        r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                           env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+        assert r.returncode == 0 and "Traceback" not in r.stderr, f"{code}\n{r.stderr[-1500:]}"
+        inline = [c.split("  #", 1)[1].split() for c in code.splitlines() if "print(" in c and "  #" in c]
+        promised = [w[0] for w in inline if w and re.match(r"[\d(\[-]|True|False|tensor", w[0])]  # values, not notes
+        promised += [c.lstrip("# ").split()[0] for c in code.splitlines() if c.startswith("# ") and c[2:].split()]
+        for word in promised:
+            assert word.strip(",:") in r.stdout, f"{code}\nexpected {word!r} in the output:\n{r.stdout}"

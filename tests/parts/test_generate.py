@@ -13,6 +13,7 @@ mistake."""
 import torch
 
 import model as M
+import reft
 
 VOCAB = 64
 
@@ -204,23 +205,14 @@ def test_generate_sampling_draws_from_the_given_generator():
     assert want != _greedy(model, ids, n).tolist()  # sampling left the greedy path (the test can tell them apart)
 
 
-class _ShiftAt:
-    """A method with a residual edit only (seam 1): adds `delta` to the hidden state at positions [B, 1, 1]."""
-    num_virtual_tokens = 0
+class _ShiftAt(reft.Method):
+    """A method with a residual edit only (seam 5): adds `delta` to the hidden state at positions [B, 1, 1]."""
 
     def __init__(self, delta):
+        super().__init__()
         self.delta = delta
 
-    def prefix_kv(self, layer, batch_size):
-        return None
-
-    def scales(self, layer, x, prompt_mask, cache):
-        return None
-
-    def lora(self, layer, name, x, y):  # seam 4: no low-rank update
-        return y
-
-    def edit_residual(self, layer, h, positions):
+    def residual(self, layer, h, positions):
         rows = torch.arange(h.shape[0])
         h = h.clone()
         h[rows, positions[:, 0, 0]] += self.delta

@@ -1,4 +1,4 @@
-"""Part `lora` (WALKTHROUGH.md §12): reft.LoRA.lora, the LoRA baseline at seam 4.
+"""Part `lora` (WALKTHROUGH.md §12): reft.LoRA.project, the LoRA baseline at seam 2 (the projections).
 
 y = W x is a frozen projection's output (q, k or v); LoRA returns y + (α/r)·B A dropout(x), with A [r, in], B [out, r],
 computed in fp32 and cast once to y's dtype. The reference is HF PEFT's LoRA on the same weights.
@@ -41,7 +41,7 @@ def _lora(model, targets="q,v", alpha=ALPHA, dropout=0.0, seed=1):
 def _call(method, layer, name, x, y):
     """method.lora, with a shape error turned into the mistake it usually means."""
     try:
-        return method.lora(layer, name, x, y)
+        return method.project(layer, name, x, y, None)
     except RuntimeError as e:
         if "shape" in str(e) or "size" in str(e) or "mat" in str(e):
             raise AssertionError(f"LoRA's update failed ({str(e).splitlines()[0]}): the update is x Aᵀ Bᵀ, "

@@ -86,8 +86,8 @@ def test_pedro_scales_start_at_exactly_one_and_leave_the_model_unchanged():
     ids, mask = _batch()
     x = torch.randn(2, 7, CFG["hidden_size"], generator=_gen(2))
     for layer in (0, 1):
-        s = method.scales(layer, x, mask, None)
-        assert s is not None and len(s) == 3, "scales must return Scales(q, v, u) for a chosen layer"
+        s = method.block_input(layer, x, mask, None)
+        assert s is not None and len(s) == 3, "block_input must return Scales(q, v, u) for a chosen layer"
         for name, t, w in zip("qvu", s, (Q_W, V_W, U_W)):
             assert tuple(t.shape) == (2, 1, w), f"scale l_{name} must be [B, 1, {w}], got {tuple(t.shape)}"
             assert torch.equal(t, torch.ones_like(t)), \
@@ -95,7 +95,7 @@ def test_pedro_scales_start_at_exactly_one_and_leave_the_model_unchanged():
     with torch.no_grad():
         base, out = model(ids, mask), model(ids, mask, method=method)
     assert torch.equal(out, base), "a freshly built PEDRO must leave the model's logits exactly unchanged (l ≡ 1)"
-    s = method.scales(1, x, mask, None)
+    s = method.block_input(1, x, mask, None)
     loss = sum((t * torch.randn(t.shape, generator=_gen(3))).sum() for t in s)
     assert loss.requires_grad, "the scales must be differentiable in every generator parameter (no detach, no_grad)"
     loss.backward()
@@ -138,8 +138,8 @@ def test_pedro_scales_closed_form():
         gen[1].denominator.copy_(torch.tensor([-0.4, 1.3, -0.2, 0.6]))  # negative b: |·| matters
     x = torch.randn(2, 5, d, generator=_gen(4))
     mask = torch.tensor([[0, 1, 1, 1, 0], [1, 1, 1, 1, 1]])
-    s = method.scales(1, x, mask, None)
-    assert method.scales(0, x, mask, None) is None, "a layer without a generator has no scales"
+    s = method.block_input(1, x, mask, None)
+    assert method.block_input(0, x, mask, None) is None, "a layer without a generator has no scales"
     # the closed form in fp64: g = x at the last prompt token, z = W_up σ(W_down g + b_down) + b_up, l = 1 + z
     g = x.double()[torch.arange(2), torch.tensor([3, 4])]
     h = g @ gen[0].weight.double().T + gen[0].bias.double()
@@ -147,7 +147,7 @@ def test_pedro_scales_closed_form():
     sig = sum(a[k] * h ** k for k in range(6)) / (1 + sum((b[k - 1] * h ** k).abs() for k in range(1, 5)))
     z = sig @ gen[2].weight.double().T + gen[2].bias.double()
     want = (1 + z).split(widths, -1)
-    assert isinstance(s, tuple) and len(s) == 3, "scales must return Scales(q, v, u)"
+    assert isinstance(s, tuple) and len(s) == 3, "block_input must return Scales(q, v, u)"
     for name, t, w in zip("qvu", s, widths):
         assert tuple(t.shape) == (2, 1, w), f"scales are 1 + z split into q, v, u widths: l_{name} must be " \
                                             f"[B, 1, {w}], got {tuple(t.shape)}"
@@ -163,7 +163,7 @@ def test_pedro_scales_closed_form():
             f"scales are 1 + z split into q, v, u widths (in that order): l_{name} is wrong"
     # a bf16 model: the generator still runs in fp32 and the scales stay fp32
     try:
-        s16 = method.scales(1, x.bfloat16(), mask, None)
+        s16 = method.block_input(1, x.bfloat16(), mask, None)
     except RuntimeError as e:
         if isinstance(e, NotImplementedError):
             raise
@@ -182,7 +182,7 @@ def test_pedro_scales_closed_form():
 
 
 def test_pedro_scales_depend_on_the_prompt_only():
-    """At prefill the model caches the scales (cache.scales[layer]); they must not change when response tokens
+    """At prefill the model caches the scales (cache.method_state[layer]); they must not change when response tokens
     follow the prompt (prompt_mask 0) or when the padding ids change, and must change with the prompt."""
     model, (ids, mask) = _llama(seed=6), _batch(seed=7)
     response = torch.randint(3, CFG["vocab_size"], (2, 4), generator=_gen(8))
@@ -203,10 +203,10 @@ def test_pedro_scales_depend_on_the_prompt_only():
             changed = ids.clone()
             changed[:, -1] = (changed[:, -1] + 1) % CFG["vocab_size"]  # another last prompt token
             model(changed, mask, c4, method)
-        assert sorted(c1.scales) == [0, 1], "the model caches each chosen layer's scales at prefill"
+        assert sorted(c1.method_state) == [0, 1], "the model caches each chosen layer's scales at prefill"
         for layer in (0, 1):
-            for name, s1, s2, s3, s4 in zip("qvu", c1.scales[layer], c2.scales[layer], c3.scales[layer],
-                                            c4.scales[layer]):
+            for name, s1, s2, s3, s4 in zip("qvu", c1.method_state[layer], c2.method_state[layer], c3.method_state[layer],
+                                            c4.method_state[layer]):
                 assert torch.allclose(s2, s1, atol=1e-5, rtol=1e-5), \
                     f"the scales must depend on the prompt only: response tokens (prompt_mask 0) change l_{name} " \
                     f"in layer {layer} (pooling {pooling!r})"
@@ -216,7 +216,7 @@ def test_pedro_scales_depend_on_the_prompt_only():
                 assert (s4 - s1).abs().max() > 1e-3, \
                     f"the scales must depend on the prompt: another last prompt token leaves l_{name} unchanged " \
                     f"in layer {layer} (pooling {pooling!r})"
-        scales[pooling] = c1.scales[1]
+        scales[pooling] = c1.method_state[1]
     assert any((a - b).abs().max() > 1e-3 for a, b in zip(scales["last"], scales["mean"])), \
         "pooling 'last' and 'mean' must give different scales"
 

@@ -1,6 +1,7 @@
 """Part `prefix` (WALKTHROUGH.md §10): prefix-tuning's three regions.
 
-- reft.PrefixTuning.prefix_kv: layer l's P learned keys and values, each expanded to [B, H_kv, P, d_h];
+- reft.PrefixTuning.extra_kv (seam 3): layer l's P learned keys and values, as [B, H_kv, P, d_h], before the real
+  keys and values on the key axis;
 - model.LlamaAttention.forward: the prefix keys/values go before the real ones on the key axis, as stored (the prefix
   keys are never rotated by RoPE; the real keys were rotated just above);
 - model.Llama.forward: with a prefix, real tokens' RoPE positions start at P (P, P+1, ...), at prefill and decode.
@@ -82,53 +83,65 @@ def _attend(q, k, v, mask):
 # -----------------------------------------------------------------------------------------------------------------
 
 
-def test_prefix_kv_returns_the_layers_keys_and_values_for_every_row():
+def prefix_of(method, layer: int, B: int):
+    """The keys and values extra_kv puts before B rows of no real keys: the layer's prefix alone."""
+    H, d = method.kv_shape[1], method.kv_shape[2]
+    try:
+        out = method.extra_kv(layer, torch.zeros(B, H, 0, d), torch.zeros(B, H, 0, d))
+    except RuntimeError as e:
+        raise AssertionError(f"extra_kv must put the layer's P keys and values before every row's own: expand them to "
+                             f"every row, [B, H_kv, P, d_h] ({type(e).__name__}: {e})") from None
+    assert out is not None and len(out) == 2, "extra_kv must return a pair (keys, values)"
+    return out
+
+
+def test_extra_kv_puts_the_layers_keys_and_values_first_for_every_row():
     method = _prefix(num_layers=3, n_kv=2, head_dim=8)
     B = 4
     for layer in range(3):
-        out = method.prefix_kv(layer, B)
-        assert out is not None and len(out) == 2, "prefix_kv must return a pair (keys, values)"
+        out = prefix_of(method, layer, B)
+        assert out is not None and len(out) == 2, "extra_kv must return a pair (keys, values)"
         k, v = out
         assert tuple(k.shape) == tuple(v.shape) == (B, 2, P, 8), \
-            f"prefix_kv must return [B, H_kv, P, d_h] = {(B, 2, P, 8)} for keys and values, got {tuple(k.shape)} " \
+            f"extra_kv must return [B, H_kv, P, d_h] = {(B, 2, P, 8)} for keys and values, got {tuple(k.shape)} " \
             f"and {tuple(v.shape)}"
         want_k, want_v = method.prefix[layer, 0], method.prefix[layer, 1]
         if torch.equal(k[0], want_v) and torch.equal(v[0], want_k):
-            raise AssertionError("prefix_kv returns the keys and values swapped: keys are layer_kv(l)[0], values "
+            raise AssertionError("extra_kv returns the keys and values swapped: keys are layer_kv(l)[0], values "
                                  "layer_kv(l)[1]")
         for b in range(B):
             assert torch.equal(k[b], want_k) and torch.equal(v[b], want_v), \
-                f"prefix_kv({layer}, B) must give every row b the keys prefix[{layer}, 0] and the values " \
+                f"extra_kv({layer}, k, v) must give every row b the keys prefix[{layer}, 0] and the values " \
                 f"prefix[{layer}, 1] (layer {layer}'s own, the same for every row)"
     # the keys and values stay tied to the trainable prefix: a gradient reaches exactly layer 1's entries
-    k, v = method.prefix_kv(1, 2)
+    k, v = prefix_of(method, 1, 2)
     (k.sum() + 2 * v.sum()).backward()
     grad = method.prefix.grad
-    assert grad is not None, "prefix_kv must keep the graph to the prefix parameter (no detach, no torch.tensor copy)"
+    assert grad is not None, "extra_kv must keep the graph to the prefix parameter (no detach, no torch.tensor copy)"
     want = torch.zeros_like(grad)
     want[1, 0], want[1, 1] = 2.0, 4.0  # summed over the B = 2 rows
     assert torch.equal(grad, want), \
-        "the gradient of prefix_kv(1, 2) must reach layer 1's keys (prefix[1, 0]) and values (prefix[1, 1]) only, " \
+        "the gradient of extra_kv(1, k, v) must reach layer 1's keys (prefix[1, 0]) and values (prefix[1, 1]) only, " \
         "once per row"
 
 
-def test_prefix_kv_uses_layer_kv_with_the_reparametrization():
+def test_extra_kv_uses_layer_kv_with_the_reparametrization():
     torch.manual_seed(0)
     method = reft.PrefixTuning(2, 2, 8, P, projection=True, hidden=16)  # no `prefix` tensor: an MLP makes it
     try:
-        k, v = method.prefix_kv(1, 3)
+        k, v = prefix_of(method, 1, 3)
     except (TypeError, AttributeError) as e:
-        raise AssertionError(f"prefix_kv must read a layer's keys/values through self.layer_kv(layer) (with "
+        raise AssertionError(f"extra_kv must read a layer's keys/values through self.layer_kv(layer) (with "
                              f"projection=True self.prefix is None): {type(e).__name__}: {e}") from None
     kv = method.layer_kv(1)  # [2, H_kv, P, d_h]
     assert tuple(k.shape) == tuple(v.shape) == (3, 2, P, 8), \
-        f"prefix_kv must return [B, H_kv, P, d_h] = {(3, 2, P, 8)}, got {tuple(k.shape)} and {tuple(v.shape)}"
+        f"extra_kv must return [B, H_kv, P, d_h] = {(3, 2, P, 8)}, got {tuple(k.shape)} and {tuple(v.shape)}"
     for b in range(3):
         assert torch.allclose(k[b], kv[0], atol=1e-6, rtol=0) and torch.allclose(v[b], kv[1], atol=1e-6, rtol=0), \
-            "prefix_kv(l, B) must return layer_kv(l)[0] (keys) and layer_kv(l)[1] (values) for every row"
+            "extra_kv(l, k, v) must return layer_kv(l)[0] (keys) and layer_kv(l)[1] (values) for every row"
     (k.sum() + v.sum()).backward()
     assert method.embedding.grad is not None and method.embedding.grad.abs().sum() > 0, \
-        "with projection=True the gradient must flow through prefix_kv into the MLP and its embedding"
+        "with projection=True the gradient must flow through extra_kv into the MLP and its embedding"
 
 
 def test_prefix_attention_over_prefix_then_real_keys_closed_form():

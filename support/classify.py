@@ -273,7 +273,7 @@ def classification_data(cfg, tok, max_length: int):
             encode_classification(eval_rec, tok, labels, max_length), task, labels)
 
 
-def build_method(mcfg, model) -> reft.Method:
+def method_or_head_only(mcfg, model) -> reft.Method:
     """reft.build_method; --method none: no method (every seam a no-op), so the head alone trains on the frozen
     encoder: the floor a method must beat."""
     return reft.Method() if mcfg.method == "none" else reft.build_method(mcfg, model)
@@ -294,7 +294,7 @@ def train_classifier(cfg) -> dict:
     train_ex, eval_ex, task, labels = classification_data(cfg, tok, min(cfg.max_length, model.config.max_length))
     mcfg = train.method_config(cfg, model, task="classify")
     ckpt_path, mcfg, info = runs.check_out_folder(cfg, mcfg)  # the same guard and --resume as language models
-    method, scheme = build_method(mcfg, model), mcfg.position_scheme()
+    method, scheme = method_or_head_only(mcfg, model), mcfg.position_scheme()
     print(runs.count_parameters(method, model), file=sys.stderr)
     head = model.add_classifier(max(len(labels), 1)).float()  # fp32 head: it trains, as the method does
     print(f"head params: {sum(p.numel() for p in head.parameters()):,} (trained, counted apart)", file=sys.stderr)

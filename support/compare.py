@@ -201,7 +201,7 @@ def measure(cfg, task: str, method: str) -> dict:
     torch.manual_seed(c.seed)
     model, tok = train.load_model_and_tokenizer(c)
     mcfg = train.method_config(c, model, task)
-    m = classify.build_method(mcfg, model).train()
+    m = classify.method_or_head_only(mcfg, model).train()
     n = sum(p.numel() for p in m.parameters() if p.requires_grad)
     base = sum(p.numel() for p in model.parameters())
     out = {"trainable_params": n, "trainable_pct": 100 * n / base, "base_params": base, "peak_mem_mb": None}

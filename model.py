@@ -182,6 +182,19 @@ def attention_mask_4d(attention_mask, n_prefix: int, T: int, causal: bool):
     return mask | (k_idx == q_idx)
 
 
+def attention(q, k, v, mask, dropout_p: float = 0.0):
+    """softmax(q kᵀ / √d_h + mask) v, the math the decoder and the encoder share: q [B, H, T, d_h] and k, v
+    [B, H_kv, S, d_h] -> [B, H, T, d_h]. mask: boolean [B, 1, T, S] (True = may attend), or None for causal attention
+    of these T queries over keys that end with them (T = 1, a decode step: the whole past)."""
+    ### BEGIN SOLUTION attention
+    T = q.shape[2]
+    # GQA: query head h reads key/value head h // (H / H_kv) (enable_gqa; no copies of k and v)
+    if mask is None:  # no padding and nothing before these T tokens but (for T=1) the whole past
+        return F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=True, dropout_p=dropout_p)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True, dropout_p=dropout_p)
+    ### END SOLUTION attention
+
+
 class KVCache:
     """Keys and values of every layer for a batch of sequences, preallocated [B, H_kv, max_len, d_h] per layer.
 
@@ -249,11 +262,7 @@ class LlamaAttention(nn.Module):
         B, _, T, _ = q.shape
         if cache is not None:
             k, v = cache.update(self.layer, k, v)  # [B, H_kv, S, d_h]: past (and prefix) keys first
-        # GQA: query head h reads key/value head h // (H / H_kv) (enable_gqa; no copies of k and v)
-        if mask is None:  # no padding and nothing before these T tokens but (for T=1) the whole past
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=True)  # [B, H, T, d_h]
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        y = attention(q, k, v, mask)  # [B, H, T, d_h]
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.hd))
         ### END SOLUTION attention
 
@@ -396,7 +405,7 @@ class EncoderLayer(nn.Module):
         q, k, v = (t.view(B, T, self.n_head, hd).transpose(1, 2) for t in (q, k, v))  # [B, H, T, d_h]
         if method is not None:  # seam 3: extra keys/values, visible to every token
             k, v = method.extra_kv(self.layer, k, v)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.attn_drop if self.training else 0.0)
+        y = attention(q, k, v, mask, self.attn_drop if self.training else 0.0)  # [B, H, T, d_h], never causal
         x = self.attn_norm(x + self.drop(self.attn_out(y.transpose(1, 2).reshape(B, T, d))))
         up, act = self.intermediate(x), self.act  # [B, T, d_ff]
         h = act(up) if method is None else method.ffn_hidden(self.layer, None, up, act, ctx)  # seam 4: gelu(up)

@@ -16,6 +16,7 @@ import argparse
 import ast
 import importlib.util
 import json
+import math
 import os
 import queue
 import re
@@ -37,7 +38,9 @@ REFERENCES = ["transformers", "peft", "pyreft"]  # the independent references so
 # files a student copy must not hold: they contain the solution, or plausible variants of it
 NOT_FOR_STUDENTS = ["tests/test_assignment.py", "tests/fixtures/assignment"]
 SKIP = {".git", ".venv", "__pycache__", ".pytest_cache", "runs", "out"}
-PART_TIMEOUT = 120  # seconds for one part's tests (an endless loop in a student's region costs that part only)
+PART_TIMEOUT = 60  # seconds for one part's tests (an endless loop in a student's region costs that part only)
+TOTAL_TIMEOUT = 540  # seconds for a whole grade: parts not reached by then score 0 (fits a 10-minute autograder)
+RECORD = "teach/ASSIGNMENT.json"  # written by `make` into the copy: its parts and the code outside the regions
 REGION = re.compile(r"^(?P<indent>[ \t]*)### BEGIN SOLUTION (?P<part>\w+)[ \t]*\n(?P<body>.*?)^[ \t]*### END SOLUTION "
                     r"(?P=part)[ \t]*$", re.S | re.M)
 MD_REGION = re.compile(r"<!-- BEGIN SOLUTION (?P<part>\w+) -->\n(?P<body>.*?)<!-- END SOLUTION (?P=part) -->", re.S)
@@ -80,14 +83,31 @@ def parse_parts(spec: str | None) -> list[str]:
 # make
 
 
+def skeleton(text: str) -> str:
+    """A core file without its region bodies (markers kept): the code a student may not change."""
+    return REGION.sub(lambda m: m.group(0)[:m.start("body") - m.start()] + m.group(0)[m.end("body") - m.start():],
+                      text)
+
+
+def tracked_files() -> list[Path]:
+    """The repository's tracked files (git ls-files), so nothing untracked (an editor's model.py~ backup, a run
+    folder) reaches a student copy; without git, every file but SKIP's."""
+    try:
+        names = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+        return [REPO / n for n in names.splitlines() if (REPO / n).is_file()]
+    except (OSError, subprocess.CalledProcessError):
+        return [p for p in sorted(REPO.rglob("*")) if p.is_file() and not any(
+            x in SKIP for x in p.relative_to(REPO).parts)]
+
+
 def make(dest: Path, parts: list[str]):
-    """A copy of this repository for students: the chosen parts blanked in the core files and in WALKTHROUGH.md."""
+    """A copy of this repository for students: the chosen parts blanked in the core files and in WALKTHROUGH.md, the
+    parts and the code outside the regions recorded in teach/ASSIGNMENT.json (grade reads them)."""
     if dest.exists() and any(dest.iterdir()):
         raise SystemExit(f"error: {dest} exists and is not empty; choose a new folder")
-    for path in sorted(REPO.rglob("*")):
+    for path in tracked_files():
         rel = path.relative_to(REPO)
-        if any(p in SKIP for p in rel.parts) or any(str(rel) == n or str(rel).startswith(n + "/")
-                                                    for n in NOT_FOR_STUDENTS) or path.is_dir():
+        if any(str(rel) == n or str(rel).startswith(n + "/") for n in NOT_FOR_STUDENTS + [RECORD]):
             continue
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, dest / rel)
@@ -103,8 +123,12 @@ def make(dest: Path, parts: list[str]):
             f"<!-- BEGIN SOLUTION {m.group('part')} -->\n*(the code of this step is yours to write: "
             f"`{m.group('part')}` in the assignment)*\n<!-- END SOLUTION {m.group('part')} -->",
             walkthrough.read_text()))
-    print(f"student copy in {dest}: parts {', '.join(parts)} blanked ({sum(len(regions((REPO / n).read_text(), p)) for n in CORE for p in parts)} regions)")
-    print(f"grade it with: python {Path(__file__).relative_to(REPO)} grade {dest}")
+    (dest / RECORD).write_text(json.dumps({"parts": parts, "skeletons": {n: skeleton((REPO / n).read_text())
+                                                                          for n in CORE}}, indent=1))
+    n_regions = sum(len(regions((REPO / n).read_text(), p)) for n in CORE for p in parts)
+    print(f"student copy in {dest}: parts {', '.join(parts)} blanked ({n_regions} regions)")
+    print(f"a student checks their work with: cd {dest} && python teach/assignment.py grade .")
+    print(f"the official grade: python {Path(__file__).relative_to(REPO)} grade SUBMISSION --parts {','.join(parts)}")
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -129,6 +153,31 @@ def test_names(path: Path) -> list[str]:
     return [n.name for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")]
 
 
+def reference_skeletons() -> dict:
+    """The code outside the regions that a student copy must keep: as `make` recorded it (grading in the copy itself,
+    the self-check), else this repository's own (the instructor's official grade). Either way the same text."""
+    record = REPO / RECORD
+    if record.is_file():
+        return json.loads(record.read_text())["skeletons"]
+    return {n: skeleton((REPO / n).read_text()) for n in CORE}
+
+
+def outside_regions(student: Path, skeletons: dict) -> str | None:
+    """None, or one line naming the first student line outside the regions that differs from the handed-out code:
+    only code between the markers is graded, in the self-check and the official grade alike."""
+    for name in CORE:
+        path = student / name
+        if not path.exists():
+            continue
+        mine, theirs = skeleton(path.read_text()).splitlines(), skeletons[name].splitlines()
+        for i, (a, b) in enumerate(zip(mine + [None] * len(theirs), theirs + [None] * len(mine))):
+            if a != b:
+                line = next((n for n, text in enumerate(path.read_text().splitlines(), 1) if text == a), None)
+                where = f"`{(a or '').strip()[:60]}` at {name}:{line}" if a is not None else f"the end of {name}"
+                return f"only code between the markers is graded: {where} is outside them (move it inside a region)"
+    return None
+
+
 def composite(student: Path, part: str, into: Path) -> str | None:
     """The reference core with the student's regions of `part` in place: written to `into`. None if it worked, else
     why the student's files cannot be used for this part."""
@@ -141,7 +190,9 @@ def composite(student: Path, part: str, into: Path) -> str | None:
         if want and problem is None:
             path = student / name
             got = regions(path.read_text(), part) if path.exists() else []
-            if len(got) != want:
+            if not path.exists():
+                problem = f"{name} is not in the submission (this part's code lives there)"
+            elif len(got) != want:
                 problem = (f"{name}: expected {want} region(s) '### BEGIN SOLUTION {part}' ... '### END SOLUTION "
                            f"{part}', found {len(got)} (were the markers changed?)")
             else:
@@ -194,11 +245,12 @@ def short(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg}"[:300]
 
 
-def run_jobs(jobs: list[tuple[str, str, list[str]]]) -> dict:
+def run_jobs(jobs: list[tuple[str, str, list[str]]], deadline: float = math.inf) -> dict:
     """part -> [(test, passed, message)], running all jobs in one worker process and starting a new one if a part
-    crashes it or runs past PART_TIMEOUT (that part's tests then fail)."""
+    crashes it or runs past PART_TIMEOUT (that part's tests then fail). Parts not started by the deadline are left
+    out (the caller fails them)."""
     out, todo = {}, list(jobs)
-    while todo:
+    while todo and time.time() < deadline:
         proc = subprocess.Popen([sys.executable, __file__, "_worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL, text=True, cwd=tempfile.gettempdir(),
                                 env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"})
@@ -208,7 +260,7 @@ def run_jobs(jobs: list[tuple[str, str, list[str]]]) -> dict:
                          daemon=True).start()
         while todo:
             try:
-                line = lines.get(timeout=PART_TIMEOUT)
+                line = lines.get(timeout=max(1.0, min(PART_TIMEOUT, deadline - time.time())))
             except queue.Empty:
                 line = "timeout"
             if line not in (None, "timeout"):
@@ -233,12 +285,16 @@ def grade(student: Path, parts: list[str], extra: list[Path]) -> dict:
                          f"{', '.join(missing)} (pip install -r requirements-test.txt and, with --no-deps, "
                          "-r requirements-pyreft.txt)")
     t0 = time.time()
+    outside = outside_regions(student, reference_skeletons())
     with tempfile.TemporaryDirectory(prefix="grade-") as tmp:
         jobs, problems = [], {}
         for part in parts:
-            problems[part] = composite(student, part, Path(tmp) / part)
+            problems[part] = outside or composite(student, part, Path(tmp) / part)
             jobs.append((part, str(Path(tmp) / part), [str(f) for f in test_files(part, extra)]))
-        results = run_jobs(jobs)
+        results = run_jobs([j for j in jobs if not problems[j[0]]], deadline=t0 + TOTAL_TIMEOUT)
+        for part, _, files in jobs:  # parts not run: their tests fail with the reason
+            results.setdefault(part, [(f"{Path(f).stem}::{n}", False, problems[part] or "not reached within "
+                                       f"--total-timeout {TOTAL_TIMEOUT} s") for f in files for n in test_names(Path(f))])
     report = {}
     for part, _, files in jobs:
         res = results[part]
@@ -274,7 +330,25 @@ def write_gradescope(path: Path, result: dict):
                                 "execution_time": result["seconds"]}, indent=2))
 
 
+def find_copy(folder: Path) -> Path:
+    """The folder of a submission that holds the core files: folder itself, or the one nested inside it that holds
+    the most of them (Gradescope unzips a zip with its top folder; a student may submit model.py and reft.py alone)."""
+    candidates = [folder] + sorted(p for p in folder.glob("*/") if p.is_dir()) + \
+        sorted(p for p in folder.glob("*/*/") if p.is_dir())
+    best = max(candidates, key=lambda d: sum((d / n).is_file() for n in CORE))
+    if not any((best / n).is_file() for n in CORE):
+        raise SystemExit(f"error: {folder} holds none of {', '.join(CORE)} (nor does a folder inside it)")
+    return best
+
+
+def default_parts() -> list[str]:
+    """The parts `make` recorded in this copy (a student's self-check grades exactly those), else every part."""
+    record = REPO / RECORD
+    return json.loads(record.read_text())["parts"] if record.is_file() else list(PARTS)
+
+
 def main(argv=None):
+    global PART_TIMEOUT, TOTAL_TIMEOUT
     if argv is None and sys.argv[1:2] == ["_worker"]:
         return run_worker(json.loads(sys.stdin.read()))
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -284,18 +358,26 @@ def main(argv=None):
     m.add_argument("--parts", help=f"comma-separated, default all: {','.join(PARTS)}")
     g = sub.add_parser("grade", help="grade a student copy with this repository's tests")
     g.add_argument("dir", type=Path, nargs="?", default=Path("."))
-    g.add_argument("--parts", help="grade only these parts (default all)")
+    g.add_argument("--parts", help="grade only these parts (default: the parts `make` recorded in this copy, else all)")
     g.add_argument("--extra-tests", type=Path, action="append", default=[], help="a file or folder of private tests")
-    g.add_argument("--gradescope", type=Path, help="also write Gradescope's results.json here")
+    g.add_argument("--gradescope", type=Path, help="also write Gradescope's results.json here (always, errors too)")
+    g.add_argument("--part-timeout", type=float, default=PART_TIMEOUT, help="seconds for one part's tests")
+    g.add_argument("--total-timeout", type=float, default=TOTAL_TIMEOUT, help="seconds for the whole grade")
     args = p.parse_args(argv)
     if args.command == "make":
         return make(args.dir, parse_parts(args.parts))
-    if not all((args.dir / n).exists() for n in CORE):
-        raise SystemExit(f"error: {args.dir} is not a copy of this repository (no {', '.join(CORE)})")
-    for path in args.extra_tests:
-        if not path.exists():
-            raise SystemExit(f"error: --extra-tests {path} does not exist")
-    result = grade(args.dir.resolve(), parse_parts(args.parts), [e.resolve() for e in args.extra_tests])
+    PART_TIMEOUT, TOTAL_TIMEOUT = args.part_timeout, args.total_timeout
+    try:
+        student = find_copy(args.dir)
+        for path in args.extra_tests:
+            if not path.exists():
+                raise SystemExit(f"error: --extra-tests {path} does not exist")
+        parts = parse_parts(args.parts) if args.parts else default_parts()
+        result = grade(student.resolve(), parts, [e.resolve() for e in args.extra_tests])
+    except SystemExit as e:  # Gradescope still gets a results.json, with the reason as its output
+        if args.gradescope and isinstance(e.code, str):
+            args.gradescope.write_text(json.dumps({"score": 0.0, "output": e.code, "tests": []}, indent=2))
+        raise
     if args.gradescope:
         write_gradescope(args.gradescope, result)
     print_report(result)

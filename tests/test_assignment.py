@@ -134,3 +134,72 @@ def test_extra_tests_and_bad_markers(tmp_path):
     assert any("private check" in msg for _, _, msg in rms["tests"])
     assert rope["passed"] == 0 and "markers" in rope["tests"][0][2]  # a broken marker: a clear reason, no crash
     assert rope["total"] == len(A.test_names(REPO / "tests" / "parts" / "test_rope.py")) + 1
+
+
+def _grade(cwd, *args):
+    r = subprocess.run([sys.executable, "teach/assignment.py", "grade", *args], cwd=cwd, capture_output=True,
+                       text=True, timeout=600)
+    return r, (json.loads(r.stdout.strip().splitlines()[-1]) if r.stdout.strip() else None)
+
+
+def test_the_copy_knows_its_parts_and_the_hint_is_the_exact_command(tmp_path):
+    copy = tmp_path / "copy"
+    r = subprocess.run([sys.executable, str(REPO / "teach" / "assignment.py"), "make", str(copy), "--parts",
+                        "rmsnorm,rope"], capture_output=True, text=True, timeout=120, check=True)
+    assert f"cd {copy} && python teach/assignment.py grade ." in r.stdout
+    assert "grade SUBMISSION --parts rmsnorm,rope" in r.stdout
+    assert json.loads((copy / A.RECORD).read_text())["parts"] == ["rmsnorm", "rope"]
+    _, result = _grade(copy, ".")  # the student's self-check: exactly the assigned parts
+    assert set(result["parts"]) == {"rmsnorm", "rope"} and result["score"] == 0.0
+
+
+def test_code_outside_the_regions_is_refused_alike_by_self_check_and_official_grade(tmp_path):
+    """A correct rmsnorm that calls a helper defined outside the region: one line says where, in both grades."""
+    copy = tmp_path / "copy"
+    subprocess.run([sys.executable, str(REPO / "teach" / "assignment.py"), "make", str(copy), "--parts", "rmsnorm"],
+                   capture_output=True, timeout=120, check=True)
+    text = (copy / "model.py").read_text()
+    text = text.replace("class RMSNorm(nn.Module):", "def _norm(xf, eps):\n    return xf * torch.rsqrt(xf.pow(2).mean("
+                        "-1, keepdim=True) + eps)\n\n\nclass RMSNorm(nn.Module):")
+    ref_body = A.regions((REPO / "model.py").read_text(), "rmsnorm")[0]
+    text = A.replace_regions(text, "rmsnorm", [ref_body.replace(
+        "xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)", "xf = _norm(xf, self.eps)")])
+    (copy / "model.py").write_text(text)
+    mine, mine_json = _grade(copy, ".")
+    official, official_json = _grade(REPO, str(copy), "--parts", "rmsnorm")
+    for r, result in ((mine, mine_json), (official, official_json)):
+        assert result["parts"]["rmsnorm"]["passed"] == 0, r.stdout
+        assert "only code between the markers is graded: `def _norm(xf, eps):` at model.py:" in r.stdout
+    assert mine_json == official_json
+
+
+def test_make_copies_tracked_files_only(tmp_path):
+    backup = REPO / "model.py~"  # an editor's backup with the full solutions, not tracked by git
+    backup.write_text((REPO / "model.py").read_text())
+    try:
+        subprocess.run([sys.executable, str(REPO / "teach" / "assignment.py"), "make", str(tmp_path / "copy"),
+                        "--parts", "rmsnorm"], capture_output=True, timeout=120, check=True)
+    finally:
+        backup.unlink()
+    assert not (tmp_path / "copy" / "model.py~").exists() and (tmp_path / "copy" / "model.py").exists()
+    assert not (tmp_path / "copy" / "tests" / "fixtures" / "assignment").exists()
+
+
+def test_gradescope_nested_partial_and_broken_submissions(tmp_path):
+    """A zip's top folder is found; a part whose file is missing scores 0 with a note while the others are graded;
+    a submission with no core file at all still gets a results.json, with the reason."""
+    nested = tmp_path / "sub" / "my-repo"
+    nested.mkdir(parents=True)
+    for name in ("model.py", "reft.py"):  # the student handed in two files: train.py and data.py are missing
+        (nested / name).write_text((REPO / name).read_text())
+    out = tmp_path / "results.json"
+    r, result = _grade(REPO, str(tmp_path / "sub"), "--parts", "rmsnorm,lm_loss", "--gradescope", str(out))
+    assert r.returncode == 0, r.stderr
+    assert result["parts"]["rmsnorm"]["passed"] == result["parts"]["rmsnorm"]["total"] > 0
+    assert result["parts"]["lm_loss"]["passed"] == 0
+    tests = {t["name"].split()[0]: t for t in json.loads(out.read_text())["tests"]}
+    assert "train.py is not in the submission" in tests["lm_loss"]["output"] and tests["rmsnorm"]["score"] == 10
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r, _ = _grade(REPO, str(empty), "--gradescope", str(out))
+    assert r.returncode != 0 and "holds none of model.py" in json.loads(out.read_text())["output"]

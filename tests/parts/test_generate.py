@@ -245,3 +245,34 @@ def test_generate_applies_prompt_edits_at_prefill_only():
         del model.forward
         assert got.tolist() == want, f"with use_cache={use_cache}, generate must pass the method to every call " \
                                      "and its positions with the prompt: the edits act on the prompt tokens only"
+
+
+def test_generate_sizes_the_cache_for_a_methods_virtual_tokens():
+    """With prefix-tuning the cache holds P prefix slots before the prompt: a cache sized prompt + new tokens only
+    fills up ("KVCache is full") before the last token."""
+    model, ids, n = _llama(23), _prompts(2, 6, seed=24), 6
+    method = reft.PrefixTuning(2, 2, 8, num_virtual_tokens=5)
+    try:
+        got = M.generate(model, ids, max_new_tokens=n, method=method)
+    except ValueError as e:
+        if "KVCache is full" in str(e):
+            raise AssertionError("the KV cache must hold the method's virtual tokens too: size it "
+                                 "n_virtual + T + max_new_tokens (prefix-tuning's P slots come first)") from None
+        raise
+    assert got.shape == (2, n)
+    assert got.tolist() == M.generate(model, ids, max_new_tokens=n, method=method, use_cache=False).tolist(), \
+        "with prefix-tuning, cached generation must equal recomputing the whole sequence"
+
+
+def test_generate_keeps_the_prompt_mask_when_recomputing():
+    """use_cache=False recomputes the whole sequence with the same prompt mask (PEDRO pools the prompt alone): a
+    reference that forgets it pools the generated tokens too, and then differs from cached generation."""
+    model, ids, n = _llama(25), _prompts(2, 5, seed=26), 6
+    method = reft.PEDRO([0, 1], 32, 32, 16, 64, rank=4, pooling="mean")
+    with torch.no_grad():
+        for gen in method.generators.values():
+            gen[-1].weight.normal_(0, 0.5, generator=_gen(27))  # scales far from 1: the pooled tokens matter
+    cached = M.generate(model, ids, max_new_tokens=n, method=method).tolist()
+    full = M.generate(model, ids, max_new_tokens=n, method=method, use_cache=False).tolist()
+    assert cached == full, "use_cache=False must pass the prompt mask (the prompt's tokens, 0 on generated ones) on " \
+                           "every step: PEDRO's vectors come from the prompt alone, as at prefill"

@@ -237,6 +237,7 @@ def fit(cfg: TrainConfig, task: Task, opt, sched, ckpt_path: str, meta: dict, dd
                     checkpoint(epoch, (s + 1) * cfg.grad_accum)
                 if stopped:
                     return step, stopped, curve
+            runs.collapse_note(curve, ddp.is_main)  # a loss that has not moved: one line with the likely fix
             if task.end_of_epoch:
                 task.end_of_epoch(epoch, step)
             checkpoint(epoch + 1, 0)

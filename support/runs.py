@@ -249,6 +249,20 @@ class Progress:
         return elapsed
 
 
+def collapse_note(curve: list, prints: bool = True, window: int = 10) -> bool:
+    """After an epoch: when the mean loss of the last `window` steps is within 2 % of the first step's, the run has
+    learned nothing (a classifier stuck at ln C for C classes, after a learning rate too high): say so in one line
+    with the likely fix. Returns whether it did."""
+    if len(curve) < 2 * window:
+        return False
+    first, last = curve[0][1], sum(loss for _, loss, _ in curve[-window:]) / window
+    stuck = abs(last - first) <= 0.02 * abs(first)
+    if stuck and prints:
+        print(f"warning: the training loss has not moved ({first:.4f} at step 1, {last:.4f} now): the run may have "
+              "collapsed; try a lower --lr (e.g. a third of it) or --lr-grid", file=sys.stderr)
+    return stuck
+
+
 def check_finite(loss: float, step: int, checkpoint: str):
     """A NaN or infinite loss stops the run before the optimizer step: the last checkpoint stays the last good one."""
     if not math.isfinite(loss):

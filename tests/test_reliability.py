@@ -414,3 +414,11 @@ def test_named_bad_inputs_are_one_line(tmp_path):
     bom = tmp_path / "bom.jsonl"
     bom.write_bytes(b"\xef\xbb\xbf" + open(STEER, "rb").read())
     cli.main(["--model", "stories260K", "--data", str(bom), "--max-steps", "1", "--out", str(tmp_path / "b")])
+
+
+def test_a_collapsed_run_says_so_in_one_line(capsys):
+    curve = [(i + 1, 0.6931 + 0.001 * (i % 3), 0.0) for i in range(40)]  # a classifier stuck at ln 2
+    assert runs.collapse_note(curve) and "the training loss has not moved" in capsys.readouterr().err
+    learning = [(i + 1, 1.0 / (i + 1), 0.0) for i in range(40)]
+    assert not runs.collapse_note(learning) and capsys.readouterr().err == ""
+    assert not runs.collapse_note(curve[:5])  # too few steps to tell

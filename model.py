@@ -6,9 +6,8 @@ block and model, then the encoder, then sampling and `generate`. `from_pretraine
 Face folders, llama2.c checkpoints; the formats live in support/checkpoints.py), and the logits equal transformers'
 (tests/test_model.py).
 
-The methods of reft.py act at five explicit call sites, marked "seam" below (grep for it), named by where they act
-and numbered in the order a block meets them. The model knows no particular method: each seam hands a method what
-it may read or edit there and uses what comes back (reft.Method's defaults change nothing).
+The methods of reft.py act at five explicit call sites, marked "seam" below (grep for it), named by where they act,
+in forward order. The model knows no particular method: a seam hands over what it may edit and uses what returns.
   seam 1, the block's normed input:        ctx = method.block_input(l, h, prompt_mask, cache)  (PEDRO reads it)
   seam 2, the q, k, v projections:         y = method.project(l, name, x, y, ctx)      (LoRA adds ΔW x; PEDRO scales)
   seam 3, the keys and values at prefill:  k, v = method.extra_kv(l, k, v)            (prefix-tuning puts P first)
@@ -183,9 +182,8 @@ def attention_mask_4d(attention_mask, n_prefix: int, T: int, causal: bool):
 
 
 def attention(q, k, v, mask, dropout_p: float = 0.0):
-    """softmax(q kᵀ / √d_h + mask) v, the math the decoder and the encoder share: q [B, H, T, d_h] and k, v
-    [B, H_kv, S, d_h] -> [B, H, T, d_h]. mask: boolean [B, 1, T, S] (True = may attend), or None for causal attention
-    of these T queries over keys that end with them (T = 1, a decode step: the whole past)."""
+    """softmax(q kᵀ / √d_h + mask) v, shared by decoder and encoder: q [B, H, T, d_h], k, v [B, H_kv, S, d_h] ->
+    [B, H, T, d_h]. mask: boolean [B, 1, T, S] (True = may attend), or None: causal (T = 1: the whole past)."""
     ### BEGIN SOLUTION attention
     T = q.shape[2]
     # GQA: query head h reads key/value head h // (H / H_kv) (enable_gqa; no copies of k and v)
@@ -198,10 +196,9 @@ def attention(q, k, v, mask, dropout_p: float = 0.0):
 class KVCache:
     """Keys and values of every layer for a batch of sequences, preallocated [B, H_kv, max_len, d_h] per layer.
 
-    `length` counts the filled slots (keys a method added at prefill included). The model writes the new keys at
-    [length, length + T) in every layer and advances `length` once per forward. `method_state` is the method's own:
-    what it computed at prefill and reuses at every decode step (PEDRO's vectors); the model never reads it.
-    """
+    `length` counts the filled slots (keys a method added at prefill included); the model writes new keys at
+    [length, length + T) and advances `length` once per forward. `method_state`: the method's own values from prefill,
+    reused at decode steps (PEDRO's vectors); the model never reads it."""
 
     def __init__(self, num_layers, batch_size, max_len, num_kv_heads, head_dim, device=None, dtype=torch.float32):
         shape = (batch_size, num_kv_heads, max_len, head_dim)
@@ -319,7 +316,6 @@ class Llama(nn.Module):
 
     def forward(self, input_ids, attention_mask=None, cache=None, method=None, positions=None, prompt_mask=None):
         """input_ids [B, T] -> logits [B, T, vocab]: embed -> blocks (seam 5 after each) -> norm -> head.
-
         attention_mask [B, past + T]: 1 = real token, 0 = padding (left or right); None = no padding.
         cache: a KVCache to read the past from and append these T tokens to; None = the T tokens are the whole input.
         method: a reft.py method (or None); positions: where its residual edits act (seam 5), only at prefill;
@@ -351,9 +347,8 @@ class Llama(nn.Module):
         past = cache.length if cache is not None else 0  # filled cache slots, virtual keys included
         n_real = (past - n_virtual if past else 0) + T  # real tokens (past and current) the queries can see
         if n_virtual + n_real > self.config.max_position_embeddings:
-            raise ValueError(f"sequence of {n_real} tokens (+{n_virtual} virtual) is longer than the model's "
-                             f"context (max_position_embeddings={self.config.max_position_embeddings}); shorten the "
-                             "input")
+            raise ValueError(f"sequence of {n_real} tokens (+{n_virtual} virtual) is longer than the model's context "
+                             f"(max_position_embeddings={self.config.max_position_embeddings}); shorten the input")
         if attention_mask is not None:
             if attention_mask.shape != (B, n_real):
                 raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, n_real)} "
@@ -407,12 +402,9 @@ class EncoderLayer(nn.Module):
             k, v = method.extra_kv(self.layer, k, v)
         y = attention(q, k, v, mask, self.attn_drop if self.training else 0.0)  # [B, H, T, d_h], never causal
         x = self.attn_norm(x + self.drop(self.attn_out(y.transpose(1, 2).reshape(B, T, d))))
-        up, act = self.intermediate(x), self.act  # [B, T, d_ff]
+        up, act = self.intermediate(x), lambda u: F.gelu(u, approximate=self.gelu_approx)  # [B, T, d_ff]
         h = act(up) if method is None else method.ffn_hidden(self.layer, None, up, act, ctx)  # seam 4: gelu(up)
         return self.output_norm(x + self.drop(self.output(h)))
-
-    def act(self, u):
-        return F.gelu(u, approximate=self.gelu_approx)
 
 
 class ClassificationHead(nn.Module):

@@ -26,10 +26,8 @@ ACTIVATIONS = {"linear": lambda x: x, "relu": F.relu, "gelu": F.gelu, "silu": F.
 
 
 class Method(nn.Module):
-    """The seams model.py calls, named by where they act, in the order a block meets them. Each method overrides the
-    ones it acts at; these defaults change nothing. Why five seams rather than fewer: each is one place in a
-    transformer block that some method edits, so a reader finds every way a method can act by grepping "seam" in
-    model.py, and one seam call serves every method that acts there (LoRA and PEDRO share the projection seam)."""
+    """The seams model.py calls, in the order a block meets them; a method overrides those it acts at, these defaults
+    change nothing. One seam per place some method edits: LoRA and PEDRO share the projection seam."""
 
     num_virtual_tokens = 0  # keys a method puts before the real tokens (prefix-tuning's P); model.py counts them
 
@@ -100,8 +98,7 @@ def reft_positions(prompt_len: int, first: int, last: int, share_weights: bool, 
     ### END SOLUTION positions
 
 
-# Short-prompt rules by name. Runs saved by earlier versions of this project used another rule; support/saving.py,
-# which loads them, adds it here as "legacy" (compatibility lives with the loading code).
+# Short-prompt rules by name; support/saving.py adds "legacy", the rule of runs saved by earlier versions.
 POSITION_RULES = {"paper": reft_positions}
 
 
@@ -264,8 +261,7 @@ class PrefixTuning(Method):
         return out.view(-1, *self.kv_shape).permute(1, 2, 0, 3)  # [P, 2, H_kv, d_h] -> [2, H_kv, P, d_h]
 
     def extra_kv(self, layer: int, k, v):
-        """Seam 3: k, v [B, H_kv, T, d_h] -> [B, H_kv, P + T, d_h], layer ℓ's P learned keys and values first, as
-        stored (no RoPE), the same for every row."""
+        """Seam 3: k, v [B, H_kv, T, d_h] -> [B, H_kv, P + T, d_h], layer ℓ's P keys and values first, unrotated."""
         ### BEGIN SOLUTION prefix
         kv = self.layer_kv(layer)  # [2, H_kv, P, d_h]
         B = k.shape[0]
@@ -289,20 +285,17 @@ Scales = namedtuple("Scales", "q v u")  # PEDRO's vectors, each [B, 1, width] fp
 
 
 def recompute_in_backward(fn, *args):
-    """fn(*args), for PEDRO's FFN scale: in training, autograd keeps fn's inputs and recomputes fn in the backward
-    (torch.utils.checkpoint) instead of keeping the scaled [B, T, d_ff] state it makes. With frozen weights the inputs
-    are what the frozen model keeps anyway, so the scale costs no activation memory."""
+    """fn(*args), recomputed in the backward (torch.utils.checkpoint) instead of keeping the [B, T, d_ff] state it
+    makes: its inputs are what the frozen model keeps anyway, so PEDRO's FFN scale costs no activation memory."""
     return checkpoint(fn, *args, use_reentrant=False) if torch.is_grad_enabled() else fn(*args)
 
 
 class RationalActivation(nn.Module):
     """The "safe" Padé activation unit of PAU (Molina et al., ICLR 2020; github ml-research/pau), degrees (5, 4):
         σ(x) = (a₀ + a₁x + … + a₅x⁵) / (1 + |b₁x| + |b₂x²| + |b₃x³| + |b₄x⁴|)
-    The denominator is ≥ 1, so there are no poles; |·| has gradient 0 at 0, so σ'(0) = a₁ (finite). Initialised to
-    our least-squares fit of leaky ReLU (slope 0.01) on [-3, 3] (L-BFGS on 2001 points, max error 0.03); PAU's default
-    init is a leaky-ReLU fit too, its numbers are not copied. A GELU fit drives b₄ to exactly 0, where |b₄| gets no
-    gradient and would stay 0 forever.
-    """
+    The denominator is ≥ 1, so there are no poles; σ'(0) = a₁ is finite. Initialised to our least-squares fit of leaky
+    ReLU (slope 0.01) on [-3, 3] (max error 0.03), as PAU also starts; a GELU fit would set b₄ = 0, where |b₄| has no
+    gradient."""
 
     LEAKY_RELU_FIT = ((0.0298036, 0.618383, 2.3223, 3.04917, 1.48336, 0.250556), (1.14151, 4.38912, 0.8703, 0.346542))
 
@@ -328,9 +321,8 @@ class PEDRO(Method):
         g = pool(X, m) [B, d],   z = W_up σ(W_down g + b_down) + b_up,   [l_q, l_v, l_u] = 1 + z
         q = l_q ⊙ q_proj(x),   v = l_v ⊙ v_proj(x),   FFN = down(act(gate(x)) ⊙ (l_u ⊙ up(x)))
     with σ a learnable rational activation per layer. The vectors depend on the prompt only (m is 1 on prompt tokens,
-    0 on padding and response tokens) and scale every position. Seam 1 (block_input) computes them from the block's
-    input; seams 2 (project: q, v) and 4 (ffn_hidden: the up state) apply them. In generation they are computed at
-    prefill, kept in the KVCache (`cache.method_state[ℓ]`) and reused at every decode step: one multiply per scale.
+    0 on padding and response tokens) and scale every position: computed at seam 1 (block_input, at prefill; kept
+    in `cache.method_state[ℓ]` for decode steps), applied at seams 2 (project: q, v) and 4 (ffn_hidden: up).
 
     What the paper specifies: one generator per layer, pooler -> down -> activation -> up; a rational activation
     learned by bi-level optimisation; l_q, l_v, l_u on Q, V and the FFN up state. What this project chose (the paper
@@ -381,8 +373,7 @@ class PEDRO(Method):
         ### END SOLUTION pedro
 
     def block_input(self, layer: int, x, prompt_mask, cache):
-        """Seam 1: the layer's vectors Scales(q, v, u) from its input x [B, T, d] (None for a layer without a
-        generator), computed at prefill and reused from the cache at decode steps."""
+        """Seam 1: the layer's Scales(q, v, u) from its input x [B, T, d], at prefill; decode steps reuse them."""
         if str(layer) not in self.generators:
             return None
         if cache is not None and layer in cache.method_state:  # decode step: reuse the vectors of the prompt
@@ -399,13 +390,10 @@ class PEDRO(Method):
 
     def project(self, layer: int, name: str, x, y, ctx):
         """Seam 2: l_q ⊙ q_proj(x), l_v ⊙ v_proj(x) (before RoPE); fp32 product, cast once. k is left alone."""
-        if ctx is None or name == "k":
-            return y
-        return (y * (ctx.q if name == "q" else ctx.v)).to(y.dtype)
+        return y if ctx is None or name == "k" else (y * (ctx.q if name == "q" else ctx.v)).to(y.dtype)
 
     def ffn_hidden(self, layer: int, gate, up, act, ctx):
-        """Seam 4: act(gate) ⊙ (l_u ⊙ up) (gated FFN), l_u ⊙ act(up) (plain FFN, the encoder's GELU output);
-        fp32 product cast once, recomputed in the backward."""
+        """Seam 4: act(gate) ⊙ (l_u ⊙ up), or l_u ⊙ act(up) for the encoder; fp32, cast once, recomputed."""
         if ctx is None:
             return super().ffn_hidden(layer, gate, up, act, ctx)
         if gate is None:

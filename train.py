@@ -25,10 +25,9 @@ import model as M
 import reft
 from data import collate, response_of, split_heldout, tokenize_examples, uses_chat
 from support import distributed, flags, runs
-from support.checkpoints import from_pretrained, tokenizer_path
+from support.loading import end_token, load_model_and_tokenizer  # the frozen model, its tokenizer, the end token
 from support.records import read_records
 from support.saving import atomic_torch_save, save
-from support.tokenizer import load_tokenizer
 
 
 @dataclass
@@ -124,28 +123,6 @@ def lr_factor(step: int, warm: int, total: int) -> float:
 def autocast(device: str):
     """bf16 autocast on CUDA; plain fp32 on the CPU."""
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else torch.autocast("cpu", enabled=False)
-
-
-def load_model_and_tokenizer(cfg: TrainConfig):
-    dtype = torch.bfloat16 if cfg.device.startswith("cuda") else torch.float32
-    model = from_pretrained(cfg.model, dtype=dtype, device=cfg.device)
-    model.requires_grad_(False)  # the base stays frozen: only the method trains
-    runs.set_threads(model)  # one CPU thread for tiny models (REFT_THREADS overrides)
-    return model, load_tokenizer(tokenizer_path(cfg.model, cfg.tokenizer))
-
-
-def end_token(model, tok, template: str = "auto") -> int | None:
-    """The token that ends a response: a chat template's end of turn (<|eot_id|>, <|im_end|>; not eos_token_id[0],
-    <|end_of_text|> in Llama-3.2-Instruct), else the model's end-of-sequence id (llama2.c models end stories with BOS),
-    else the tokenizer's; None (responses unterminated) if there is none."""
-    if uses_chat(template, tok):
-        return tok.chat.end_id
-    eos = getattr(model.config, "eos_token_id", None)
-    end = (eos[0] if isinstance(eos, list) else eos) if eos is not None else tok.eos_id
-    if end is None:
-        print("warning: no end token (config.json eos_token_id, tokenizer_config.json eos_token): responses are not "
-              "terminated and generation runs to --max-new-tokens", file=sys.stderr)
-    return end
 
 
 # -----------------------------------------------------------------------------------------------------------------

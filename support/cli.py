@@ -27,18 +27,19 @@ QUICKSTART = ["--model", "stories260K", "--data", "examples/steer_train.jsonl", 
               "examples/steer_eval.jsonl", "--method", "loreft", "--out", "runs/steer"]
 
 
-def quick_start(argv: list[str]) -> list[str]:
-    """With neither --data nor --load, the quick start: flags not given take its values, and --out is runs/steer for
-    LoReFT (runs/steer_<method> for the others, so that `python train.py --method direft` leaves LoReFT's run)."""
+def quick_start(argv: list[str]) -> tuple[list[str], bool]:
+    """(argv, whether it is the quick start). With neither --data nor --load, the quick start: flags not given take
+    its values, and --out is runs/steer for LoReFT (runs/steer_<method> for the others, so that
+    `python train.py --method direft` leaves LoReFT's run)."""
     given = given_flags(train.TrainConfig, argv)
     if given & {"data", "load"}:
-        return argv
+        return argv, False
     method = train.parse_args(argv).method
     values = dict(zip(QUICKSTART[::2], QUICKSTART[1::2])) | {
         "--out": "runs/steer" if method == "loreft" else f"runs/steer_{method.replace(',', '_')}"}
     added = [x for flag, value in values.items() if flag[2:].replace("-", "_") not in given for x in (flag, value)]
     print(f"the quick start: python train.py {' '.join(added + argv)}", file=sys.stderr)
-    return added + argv
+    return added + argv, True
 
 
 def same_quick_start(cfg) -> bool:
@@ -58,8 +59,7 @@ def same_quick_start(cfg) -> bool:
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    quick = not given_flags(train.TrainConfig, argv) & {"data", "load"}
-    argv = quick_start(argv)
+    argv, quick = quick_start(argv)
     cfg = train.parse_args(argv)
     try:
         if quick and not cfg.resume and same_quick_start(cfg):  # the quick start again: replace its own run

@@ -149,8 +149,9 @@ def check_out_folder(cfg, mcfg):
     if cfg.resume:
         if not os.path.exists(ckpt):
             raise FileNotFoundError(f"--resume: no checkpoint.pt in {cfg.out}")
-        info = check_resume(cfg, load_torch(ckpt))
-        saved = saved_method_config(cfg.out)
+        blob = load_torch(ckpt)  # read once: the settings, the data fingerprint and the method config
+        info = check_resume(cfg, blob)  # (checkpoints of the first version hold no config: reft.pt has it)
+        saved = method_config_of(blob, ckpt) or saved_method_config(cfg.out)
         if saved is not None and saved != asdict(mcfg):
             diff = ", ".join(f"{k} {saved[k]!r} there, {v!r} here" for k, v in asdict(mcfg).items()
                              if saved.get(k) != v and k != "position_rule")
@@ -170,18 +171,24 @@ def check_out_folder(cfg, mcfg):
     return ckpt, mcfg, run_info(cfg)
 
 
+def method_config_of(blob, path: str) -> dict | None:
+    """The MethodConfig (as a dict) a loaded reft.pt or checkpoint.pt holds, upgraded from older versions; None if
+    it holds none."""
+    if not (isinstance(blob, dict) and isinstance(blob.get("config"), dict)):
+        return None
+    try:
+        return asdict(upgrade_config(blob["config"]))
+    except TypeError as e:  # a key this version does not know
+        raise ValueError(f"{path}: not a run saved by this project ({e})") from None
+
+
 def saved_method_config(folder: str) -> dict | None:
     """The MethodConfig (as a dict) of the run saved in folder: from checkpoint.pt, else reft.pt; None if neither.
     Both are read weights-only (support/untrusted.load_torch): a file that is not plain data is a one-line error."""
-    for name, key in (("checkpoint.pt", "config"), ("reft.pt", "config")):
+    for name in ("checkpoint.pt", "reft.pt"):
         path = os.path.join(folder, name)
-        if os.path.exists(path):
-            blob = load_torch(path)
-            if isinstance(blob, dict) and isinstance(blob.get(key), dict):
-                try:
-                    return asdict(upgrade_config(blob[key]))
-                except TypeError as e:  # a key this version does not know
-                    raise ValueError(f"{path}: not a run saved by this project ({e})") from None
+        if os.path.exists(path) and (saved := method_config_of(load_torch(path), path)) is not None:
+            return saved
     return None
 
 

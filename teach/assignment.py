@@ -176,7 +176,7 @@ def outside_regions(student: Path, skeletons: dict) -> str | None:
         mine, theirs = skeleton(text).splitlines(), skeletons[name].splitlines()
         for i, (a, b) in enumerate(zip(mine + [None] * len(theirs), theirs + [None] * len(mine))):
             if a != b:
-                line = next((n for n, text in enumerate(path.read_text().splitlines(), 1) if text == a), None)
+                line = next((n for n, row in enumerate(text.splitlines(), 1) if row == a), None)
                 where = f"`{(a or '').strip()[:60]}` at {name}:{line}" if a is not None else f"the end of {name}"
                 return f"only code between the markers is graded: {where} is outside them (move it inside a region)"
     return None

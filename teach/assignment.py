@@ -13,33 +13,34 @@ or any file that sets PART = "<part>"). So a mistake in one part never costs poi
 over parts of passed/total; the last stdout line is the JSON {"score": s, "parts": {...}}.
 """
 import argparse
-import ast
 import importlib.util
 import json
-import math
 import os
-import queue
 import re
+import secrets
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import traceback
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from grading import FORMAT, SHIPPED_SEED, case_key, compare  # noqa: E402 (teach/ is not a package)
 
 REPO = Path(__file__).resolve().parents[1]
 CORE = ["model.py", "reft.py", "data.py", "train.py"]
 # part -> its section of WALKTHROUGH.md (the message a blanked region raises points there)
 PARTS = {"rmsnorm": 2, "rope": 3, "attention": 4, "generate": 5, "lm_loss": 6, "positions": 7, "loreft": 8,
          "direft": 9, "prefix": 10, "pedro": 11, "lora": 12}
-REFERENCES = ["transformers", "peft", "pyreft"]  # the independent references some part tests compare with
 # files a student copy must not hold: they contain the solution, or plausible variants of it
 NOT_FOR_STUDENTS = ["tests/test_assignment.py", "tests/fixtures/assignment"]
 SKIP = {".git", ".venv", "__pycache__", ".pytest_cache", "runs", "out"}
-PART_TIMEOUT = 60  # seconds for one part's tests (an endless loop in a student's region costs that part only)
+PART_TIMEOUT = 60  # seconds for one part's cases (an endless loop in a student's region costs that part only)
 TOTAL_TIMEOUT = 540  # seconds for a whole grade: parts not reached by then score 0 (fits a 10-minute autograder)
+REFERENCE_TIMEOUT = 300  # seconds for the reference's own run of one part (the official grade's fresh seed)
+PART_MEMORY_GB = 4.0  # address-space limit of a worker (a huge allocation fails in its own part)
+WORKER_USER = "nobody"  # grading as root, student code runs as this user
 RECORD = "teach/ASSIGNMENT.json"  # written by `make` into the copy: its parts and the code outside the regions
 REGION = re.compile(r"^(?P<indent>[ \t]*)### BEGIN SOLUTION (?P<part>\w+)[ \t]*\n(?P<body>.*?)^[ \t]*### END SOLUTION "
                     r"(?P=part)[ \t]*$", re.S | re.M)
@@ -132,25 +133,33 @@ def make(dest: Path, parts: list[str]):
 
 
 # -----------------------------------------------------------------------------------------------------------------
-# grade
+# grade: a worker process per part runs the student's code; this process compares and writes every message
 
 
-def test_files(part: str, extra: list[Path]) -> list[Path]:
-    files = [REPO / "tests" / "parts" / f"test_{part}.py"]
+def case_files(part: str, extra: list[Path]) -> list[Path]:
+    """teach/parts/PART.py and the instructor's private case files for the part (--extra-tests: files named
+    PART*.py, or any file that sets PART = "PART")."""
+    files = [REPO / "teach" / "parts" / f"{part}.py"]
     for path in extra:
         for f in sorted(path.rglob("*.py") if path.is_dir() else [path]):
-            src = f.read_text()
-            declared = re.search(r"^PART\s*=\s*['\"](\w+)['\"]", src, re.M)
+            declared = re.search(r"^PART\s*=\s*['\"](\w+)['\"]", f.read_text(), re.M)
             if (declared.group(1) if declared else None) == part or \
-                    (declared is None and re.match(rf"test_{part}(_|\.py$)", f.name)):
+                    (declared is None and re.match(rf"(test_)?{part}(_|\.py$)", f.name)):
                 files.append(f)
     return files
 
 
-def test_names(path: Path) -> list[str]:
-    """The test functions of a file, read from its source (so a file that cannot be imported still counts them)."""
-    tree = ast.parse(path.read_text())
-    return [n.name for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")]
+def load_cases(path: Path) -> list:
+    """The CASES of a case file, loaded here for their names, descriptions, tolerances and checks (case files import
+    the core only inside their run functions, so no core code runs in this process)."""
+    sys.path.insert(0, str(REPO / "teach"))
+    try:
+        spec = importlib.util.spec_from_file_location(f"cases_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(REPO / "teach"))
+    return module.CASES
 
 
 def reference_skeletons() -> dict:
@@ -160,6 +169,11 @@ def reference_skeletons() -> dict:
     if record.is_file():
         return json.loads(record.read_text())["skeletons"]
     return {n: skeleton((REPO / n).read_text()) for n in CORE}
+
+
+def is_student_copy() -> bool:
+    """A copy `make` wrote (the self-check) rather than the instructor's repository (the official grade)."""
+    return (REPO / RECORD).is_file()
 
 
 def outside_regions(student: Path, skeletons: dict) -> str | None:
@@ -182,129 +196,255 @@ def outside_regions(student: Path, skeletons: dict) -> str | None:
     return None
 
 
-def composite(student: Path, part: str, into: Path) -> str | None:
-    """The reference core with the student's regions of `part` in place: written to `into`. None if it worked, else
-    why the student's files cannot be used for this part."""
-    into.mkdir(parents=True)
+FORBIDDEN = re.compile(r"^\s*(?:import|from)\s+(transformers|peft|pyreft|pyvene)\b|__import__|importlib|"
+                       r"\b(?:transformers|peft|pyreft|pyvene)\b\s*[\"']", re.M)
+
+
+def forbidden_import(bodies: list[str]) -> str | None:
+    """A region may not use the reference libraries (one import away from the answer) nor import by name."""
+    for body in bodies:
+        m = FORBIDDEN.search(body)
+        if m:
+            what = m.group(1) or m.group(0).strip()
+            return (f"a region may not import {what} (the reference libraries, and imports by name, are not allowed "
+                    "in solutions: write the code with torch)")
+    return None
+
+
+def composite(student: Path | None, part: str, into: Path, files: list[Path]) -> str | None:
+    """A folder to grade `part` in: the skeleton of this repository's core with `part`'s regions from the student
+    (None: the reference's own) and every other part's regions blanked (the cases never need them), plus the
+    support code, teach/grading.py and the case files. None if it worked, else why the part cannot be graded."""
+    (into / "teach" / "parts").mkdir(parents=True)
     shutil.copytree(REPO / "support", into / "support", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "teach" / "grading.py", into / "teach" / "grading.py")
+    for f in files:
+        shutil.copy(f, into / "teach" / "parts" / f.name)
     problem = None
     for name in CORE:
         ref = (REPO / name).read_text()
+        for other in PARTS:
+            if other != part:
+                ref = blank(ref, other)
         want = len(regions(ref, part))
-        if want and problem is None:
+        if want and student is not None and problem is None:
             path = student / name
-            got = regions(path.read_text(), part) if path.exists() else []
-            if not path.exists():
+            got = regions(path.read_text(), part) if path.is_file() else []
+            if not path.is_file():
                 problem = f"{name} is not in the submission (this part's code lives there)"
             elif len(got) != want:
                 problem = (f"{name}: expected {want} region(s) '### BEGIN SOLUTION {part}' ... '### END SOLUTION "
                            f"{part}', found {len(got)} (were the markers changed?)")
             else:
+                problem = forbidden_import(got)
                 ref = replace_regions(ref, part, got)
         (into / name).write_text(ref)
+    for p in [into, *into.rglob("*")]:  # readable by the worker's user, writable by nobody but us
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
     return problem
 
 
-def run_worker(jobs: list[tuple[str, str, list[str]]]):
-    """In a fresh process: for each (part, folder, test files), import the core from `folder` and run the tests.
-    Prints one JSON line per part."""
-    results_out = os.fdopen(os.dup(1), "w")  # the JSON lines go here; anything a test or library prints to
-    os.dup2(2, 1)  # stdout (Python or C) goes to stderr instead, so it cannot be mistaken for a result
-    sys.stdout = sys.stderr
-    import torch
-    torch.set_num_threads(1)
-    own = ("model", "reft", "data", "train", "support")
-    for part, folder, files in jobs:
-        for name in [m for m in sys.modules if m.split(".")[0] in own]:
-            del sys.modules[name]
-        sys.path.insert(0, folder)
-        results = []
-        for f in files:
-            names = test_names(Path(f))
+class Sandbox:
+    """How a worker runs: a fresh process in its own session, in an empty scratch folder, stdin/stdout/stderr closed
+    to us, with a memory limit; as root, as an unprivileged user (WORKER_USER) who cannot read this repository."""
+
+    def __init__(self, user: str | None = None, trusted: bool = False):
+        self.uid = self.gid = None
+        if os.geteuid() == 0 and not trusted and not is_student_copy():  # a copy holds no answer to protect
+            import pwd
             try:
-                spec = importlib.util.spec_from_file_location(f"graded_{part}_{Path(f).stem}", f)
-                module = importlib.util.module_from_spec(spec)
-                spec.loader.exec_module(module)
-            except BaseException as e:  # the student's file does not import: every test of the file fails
-                results += [(f"{Path(f).stem}::{n}", False, f"import failed: {short(e)}") for n in names]
-                continue
-            for n in names:
+                entry = pwd.getpwnam(user or WORKER_USER)
+            except KeyError:
+                raise SystemExit(f"error: grading as root runs student code as user {user or WORKER_USER!r}, which "
+                                 "does not exist; create it or pass --worker-user NAME")
+            self.uid, self.gid = entry.pw_uid, entry.pw_gid
+            if not shutil.which("setpriv"):
+                raise SystemExit("error: grading as root needs setpriv (util-linux) to run student code as an "
+                                 "unprivileged user: apt-get install util-linux, or grade as a normal user")
+            self.make_repo_private()
+
+    def command(self, args: list[str]) -> list[str]:
+        """args run as the worker's user (as root: setpriv drops every privilege before Python starts)."""
+        if self.uid is None:
+            return args
+        return ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups", "--no-new-privs",
+                "--inh-caps=-all", "--bounding-set=-all", *args]
+
+    def probe(self, code: str) -> subprocess.CompletedProcess:
+        return subprocess.run(self.command([sys.executable, "-I", "-c", code]), capture_output=True, text=True,
+                              timeout=120, cwd="/", env=self.env("/"))
+
+    def make_repo_private(self):
+        """The worker's user must run Python and torch, and must not read the reference, the grader or the expected
+        values. This repository is made private to its owner (chmod 700) when it is not already."""
+        r = self.probe("import torch")
+        if r.returncode:
+            raise SystemExit(f"error: grading as root runs student code as an unprivileged user (uid {self.uid}), "
+                             f"who cannot run {sys.executable} with torch ({(r.stderr.strip().splitlines() or ['?'])[-1]}"
+                             "): install Python and the requirements where every user can read them, as "
+                             "teach/gradescope/setup.sh does")
+        secret = REPO / "teach" / "assignment.py"
+        if self.probe(f"open({str(secret)!r}).read()").returncode == 0:
+            if Path(sys.prefix).resolve().is_relative_to(REPO) or Path(sys.executable).resolve().is_relative_to(REPO):
+                raise SystemExit(f"error: grading as root: Python runs from inside {REPO}, so student code could read "
+                                 "the reference; install it outside the repository (teach/gradescope/setup.sh does)")
+            os.chmod(REPO, 0o700)
+            print(f"note: made {REPO} private to its owner (chmod 700): student code runs as uid {self.uid}",
+                  file=sys.stderr)
+        if self.probe(f"open({str(secret)!r}).read()").returncode == 0:
+            raise SystemExit(f"error: the unprivileged user (uid {self.uid}) can still read {secret}: make the "
+                             "repository readable by its owner only")
+
+    @staticmethod
+    def env(scratch: str) -> dict:
+        return {"PATH": "/usr/bin:/bin", "HOME": scratch, "TMPDIR": scratch, "OMP_NUM_THREADS": "1",
+                "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0", "LANG": "C.UTF-8"}
+
+    def limits(self):
+        import resource
+        limit = int(PART_MEMORY_GB * 2 ** 30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+    def run(self, folder: Path, files: list[Path], seeds: list[int], timeout: float) -> tuple[dict, str | None]:
+        """Run the case files' cases for each seed in a fresh worker: ({seed: {case: result}}, None), or what is
+        there and why it stopped early ("timed out after 60 s", "crashed")."""
+        import torch
+        scratch = Path(tempfile.mkdtemp(prefix="grade-work-"))
+        results, why = {}, None
+        try:
+            if self.uid is not None:
+                os.chown(scratch, self.uid, self.gid)
+            for seed in seeds:
+                out = scratch / f"out-{seed}.pt"
+                cmd = self.command([sys.executable, "-I", str(folder / "teach" / "grading.py"), "run", str(folder),
+                                    ",".join(f.name for f in files), str(seed), str(out)])
+                t0 = time.time()
+                proc = subprocess.Popen(cmd, cwd=scratch, env=self.env(str(scratch)), stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                                        preexec_fn=self.limits)
                 try:
-                    torch.manual_seed(0)
-                    getattr(module, n)()
-                    results.append((f"{Path(f).stem}::{n}", True, ""))
-                except BaseException as e:  # noqa: BLE001 (a student's code may raise anything)
-                    if isinstance(e, KeyboardInterrupt):
-                        raise
-                    results.append((f"{Path(f).stem}::{n}", False, short(e)))
-        sys.path.remove(folder)
-        print(json.dumps({"part": part, "results": results}), file=results_out, flush=True)
+                    rc = proc.wait(timeout=timeout)
+                    if rc:
+                        why = f"the worker process crashed (exit {rc})"
+                except subprocess.TimeoutExpired:
+                    why = f"timed out after {timeout:g} s (an endless loop?)"
+                self.kill(proc)
+                timeout = max(1.0, timeout - (time.time() - t0))
+                if out.is_file() and out.stat().st_size < 256 * 2 ** 20:
+                    try:
+                        results[seed] = torch.load(out, map_location="cpu", weights_only=True)
+                    except Exception:  # noqa: BLE001 (a forged or truncated file: nothing from it counts)
+                        results[seed] = {}
+                if why:
+                    break
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return results, why
 
-
-def short(e: BaseException) -> str:
-    """One line: the exception's message (assertion messages name the mistake), or its type."""
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    if isinstance(e, AssertionError):
-        return msg or "assertion failed: " + traceback.format_tb(e.__traceback__)[-1].strip().splitlines()[-1]
-    return f"{type(e).__name__}: {msg}"[:300]
-
-
-def run_jobs(jobs: list[tuple[str, str, list[str]]], deadline: float = math.inf) -> dict:
-    """part -> [(test, passed, message)], running all jobs in one worker process and starting a new one if a part
-    crashes it or runs past PART_TIMEOUT (that part's tests then fail). Parts not started by the deadline are left
-    out (the caller fails them)."""
-    out, todo = {}, list(jobs)
-    while todo and time.time() < deadline:
-        proc = subprocess.Popen([sys.executable, __file__, "_worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, text=True, cwd=tempfile.gettempdir(),
-                                env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"})
-        proc.stdin.write(json.dumps(todo)), proc.stdin.close()
-        lines = queue.Queue()
-        threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout] + [lines.put(None)],
-                         daemon=True).start()
-        while todo:
+    def kill(self, proc):
+        """The worker's whole session, and as root every process of the worker's user (nothing it forked outlives
+        its part and touches the next one)."""
+        for target in [proc.pid]:
             try:
-                line = lines.get(timeout=max(1.0, min(PART_TIMEOUT, deadline - time.time())))
-            except queue.Empty:
-                line = "timeout"
-            if line not in (None, "timeout"):
-                if line.startswith('{"part"'):
-                    done = json.loads(line)
-                    out[done["part"]] = done["results"]
-                    todo = [j for j in todo if j[0] != done["part"]]
-                continue
-            part, _, files = todo.pop(0)  # the part running when the worker died or hung
-            why = f"timed out after {PART_TIMEOUT} s" if line == "timeout" else "crashed the test process"
-            out[part] = [(f"{Path(f).stem}::{n}", False, why) for f in files for n in test_names(Path(f))]
-            proc.kill()
-            break
+                os.killpg(target, 9)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if self.uid is not None:
+            for status in Path("/proc").glob("[0-9]*/status"):
+                try:
+                    uid = next(int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("Uid:"))
+                    if uid == self.uid:
+                        os.kill(int(status.parent.name), 9)
+                except (OSError, StopIteration, ValueError):
+                    pass
         proc.wait()
+
+
+def expected_outputs(part: str) -> dict:
+    """teach/expected/PART.pt: the reference's outputs on the shipped seed and the known mistakes' outputs."""
+    import torch
+    path = REPO / "teach" / "expected" / f"{part}.pt"
+    if not path.is_file():
+        raise SystemExit(f"error: {path.relative_to(REPO)} is missing: run python teach/assignment.py expected")
+    stored = torch.load(path, map_location="cpu", weights_only=True)
+    if stored.get("format") != FORMAT:
+        raise SystemExit(f"error: {path.relative_to(REPO)} has an unknown format: run python teach/assignment.py "
+                         "expected")
+    return stored["cases"]
+
+
+def grade_part(sandbox: Sandbox, student: Path, part: str, files: list[Path], shared: Path, private: Path,
+               timeout: float, problem: str | None) -> list:
+    """[(case, passed, message)] for one part: the student's outputs on the shipped seed against the stored expected
+    ones, and (the official grade, or private cases) on a fresh seed against the reference's outputs, computed here."""
+    cases = [(case_key(i, str(f), c.name), c) for i, f in enumerate(files) for c in load_cases(f)]
+    if problem:
+        return [(key, False, problem) for key, _ in cases]
+    stored = expected_outputs(part)
+    official = not is_student_copy()
+    hidden = secrets.randbelow(2 ** 62) + 1 if official else None
+    problem = composite(student, part, shared / "student", files)
+    if problem:
+        return [(key, False, problem) for key, _ in cases]
+    seeds = [SHIPPED_SEED] + ([hidden] if official else [])
+    mine, why = sandbox.run(shared / "student", files, seeds, timeout)
+    reference = {}
+    if official:  # the reference's outputs on the fresh seed (and on the shipped one for private cases)
+        composite(None, part, private / "reference", files)
+        reference, ref_why = Sandbox(trusted=True).run(private / "reference", files, seeds, REFERENCE_TIMEOUT)
+        if ref_why:
+            raise SystemExit(f"error: the reference itself failed on part {part}: {ref_why}")
+    out = []
+    for key, case in cases:
+        want0 = stored.get(key) if key in stored else None
+        if want0 is None and official:
+            want0 = {"want": reference[SHIPPED_SEED][key]["outputs"], "mistakes": []}
+        if want0 is None:
+            out.append((key, False, f"no expected outputs for {key}: run python teach/assignment.py expected"))
+            continue
+        msg = verdict(case, mine.get(SHIPPED_SEED, {}), key, want0["want"], want0["mistakes"], why)
+        if msg is None and official:
+            msg = verdict(case, mine.get(hidden, {}), key, reference[hidden][key]["outputs"], [], why)
+            if msg:
+                msg = f"right on the inputs shipped with the copy, wrong on new ones: {msg}"
+        out.append((key, msg is None, msg or ""))
     return out
 
 
-def grade(student: Path, parts: list[str], extra: list[Path]) -> dict:
-    missing = [m for m in REFERENCES if importlib.util.find_spec(m) is None]
-    if missing:
-        raise SystemExit(f"error: the grader compares with reference libraries that are not installed: "
-                         f"{', '.join(missing)} (pip install -r requirements-test.txt and, with --no-deps, "
-                         "-r requirements-pyreft.txt)")
+def verdict(case, results: dict, key: str, want, mistakes, why) -> str | None:
+    """The message for one case on one seed (None: passed), from what the worker saved."""
+    r = results.get(key) or results.get("*")
+    if r is None:
+        return f"{case.what}: {why or 'not run'}"
+    if "error" in r:
+        return f"{case.what}: raised {r['error']}"
+    return compare(case, r.get("outputs"), want, mistakes)
+
+
+def grade(student: Path, parts: list[str], extra: list[Path], user: str | None = None) -> dict:
     t0 = time.time()
+    sandbox = Sandbox(user)
     outside = outside_regions(student, reference_skeletons())
-    with tempfile.TemporaryDirectory(prefix="grade-") as tmp:
-        jobs, problems = [], {}
-        for part in parts:
-            problems[part] = outside or composite(student, part, Path(tmp) / part)
-            jobs.append((part, str(Path(tmp) / part), [str(f) for f in test_files(part, extra)]))
-        results = run_jobs([j for j in jobs if not problems[j[0]]], deadline=t0 + TOTAL_TIMEOUT)
-        for part, _, files in jobs:  # parts not run: their tests fail with the reason
-            results.setdefault(part, [(f"{Path(f).stem}::{n}", False, problems[part] or "not reached within "
-                                       f"--total-timeout {TOTAL_TIMEOUT} s") for f in files for n in test_names(Path(f))])
     report = {}
-    for part, _, files in jobs:
-        res = results[part]
-        if problems[part]:  # the regions could not be placed: the part's tests all fail, with the reason
-            res = [(name, False, problems[part]) for name, _, _ in res]
-        report[part] = {"passed": sum(ok for _, ok, _ in res), "total": len(res), "tests": res}
+    shared, private = Path(tempfile.mkdtemp(prefix="grade-")), Path(tempfile.mkdtemp(prefix="grade-ref-"))
+    os.chmod(shared, 0o711)  # the worker's user may enter (not list) the student's folders; `private` is ours only
+    try:
+        for part in parts:
+            files = case_files(part, extra)
+            left = t0 + TOTAL_TIMEOUT - time.time()
+            if left < 1:
+                res = [(case_key(i, str(f), c.name), False, f"not reached within --total-timeout {TOTAL_TIMEOUT:g} "
+                        "s") for i, f in enumerate(files) for c in load_cases(f)]
+            else:
+                (shared / part).mkdir(mode=0o711)
+                (private / part).mkdir()
+                res = grade_part(sandbox, student, part, files, shared / part, private / part,
+                                 min(PART_TIMEOUT, left), outside)
+            report[part] = {"passed": sum(ok for _, ok, _ in res), "total": len(res), "tests": res}
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+        shutil.rmtree(private, ignore_errors=True)
     score = sum(r["passed"] / max(r["total"], 1) for r in report.values()) / max(len(report), 1)
     return {"score": round(score, 4), "parts": report, "seconds": round(time.time() - t0, 1)}
 
@@ -351,36 +491,136 @@ def default_parts() -> list[str]:
     return json.loads(record.read_text())["parts"] if record.is_file() else list(PARTS)
 
 
+def mutants_of(part: str) -> list[dict]:
+    """The known wrong implementations of a part (tests/fixtures/assignment/mutants*.py, instructor side only)."""
+    path = REPO / "tests" / "fixtures" / "assignment" / "mutants.py"
+    if not path.is_file():
+        return []
+    spec = importlib.util.spec_from_file_location("mutants", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return [m for m in module.MUTANTS if m["part"] == part]
+
+
+def apply_mutant(mutant: dict, into: Path) -> Path:
+    """A copy of this repository's core files in `into` with one mutant's edit inside its part's regions."""
+    into.mkdir(parents=True)
+    for name in CORE:
+        text = (REPO / name).read_text()
+        if name == mutant["file"]:
+            bodies = regions(text, mutant["part"])
+            hits = [i for i, b in enumerate(bodies) if mutant["old"] in b]
+            if len(hits) != 1 or bodies[hits[0]].count(mutant["old"]) != 1:
+                raise SystemExit(f"error: mutant {mutant['name']!r}: `old` must occur once in the {mutant['part']} "
+                                 f"regions of {name}")
+            bodies[hits[0]] = bodies[hits[0]].replace(mutant["old"], mutant["new"])
+            text = replace_regions(text, mutant["part"], bodies)
+        (into / name).write_text(text)
+    return into
+
+
+def make_expected(parts: list[str]):
+    """teach/expected/PART.pt from the reference: its outputs on the shipped seed, and the outputs of each known
+    mistake (tests/fixtures/assignment) where they differ, named after it. Instructor side; run after changing a
+    part's code or cases (tests/test_assignment.py checks the stored values against a fresh reference run)."""
+    import torch
+    if is_student_copy():
+        raise SystemExit("error: expected outputs come from the reference solution: run this in the instructor's "
+                         "repository, not in a student copy")
+    sandbox = Sandbox(trusted=True)
+    (REPO / "teach" / "expected").mkdir(exist_ok=True)
+    for part in parts:
+        t0 = time.time()
+        files = case_files(part, [])
+        cases = {c.name: c for c in load_cases(files[0])}
+        with tempfile.TemporaryDirectory() as tmp:
+            composite(None, part, Path(tmp) / "reference", files)
+            ref, why = sandbox.run(Path(tmp) / "reference", files, [SHIPPED_SEED], REFERENCE_TIMEOUT)
+            ref = ref.get(SHIPPED_SEED, {})
+            broken = [f"{k}: {r['error']}" for k, r in ref.items() if "error" in r]
+            if why or broken or set(ref) != set(cases):
+                raise SystemExit(f"error: the reference fails part {part}: {why or (broken or ['cases missing'])[0]}")
+            stored = {name: {"want": r["outputs"], "mistakes": []} for name, r in ref.items()}
+            blanked = Path(tmp) / "blank"
+            blanked.mkdir()
+            for name in CORE:
+                (blanked / name).write_text(blank((REPO / name).read_text(), part))
+            composite(blanked, part, Path(tmp) / "blanked", files)
+            got, _ = sandbox.run(Path(tmp) / "blanked", files, [SHIPPED_SEED], REFERENCE_TIMEOUT)
+            passing = [n for n, r in got.get(SHIPPED_SEED, {}).items() if "error" not in r]
+            if passing:
+                raise SystemExit(f"error: part {part}: case(s) {', '.join(passing)} run without the part's code "
+                                 "(with the part blanked they must raise)")
+            other, _ = sandbox.run(Path(tmp) / "reference", files, [SHIPPED_SEED + 1], REFERENCE_TIMEOUT)
+            fixed = [n for n, r in other.get(SHIPPED_SEED + 1, {}).items()
+                     if compare(cases[n], r.get("outputs"), stored[n]["want"], []) is None]
+            if fixed:
+                raise SystemExit(f"error: part {part}: case(s) {', '.join(fixed)} give the same outputs for seeds 0 "
+                                 "and 1 (draw their inputs from the seed, so a table of the shipped outputs cannot "
+                                 "pass the official grade)")
+            undetected = []
+            for i, mutant in enumerate(mutants_of(part)):
+                folder = Path(tmp) / f"mutant{i}"
+                problem = composite(apply_mutant(mutant, Path(tmp) / f"src{i}"), part, folder, files)
+                got, _ = sandbox.run(folder, files, [SHIPPED_SEED], REFERENCE_TIMEOUT / 4)
+                got = got.get(SHIPPED_SEED, {})
+                caught = bool(problem)
+                for name, case in cases.items():
+                    out = got.get(name, {}).get("outputs")
+                    if out is None:
+                        caught = True
+                    elif compare(case, out, stored[name]["want"], []) is not None:
+                        caught = True
+                        if isinstance(out, dict) and set(out) == set(stored[name]["want"]):
+                            stored[name]["mistakes"].append([mutant.get("says", mutant["name"]), out])
+                if not caught:
+                    undetected.append(mutant["name"])
+        torch.save({"format": FORMAT, "seed": SHIPPED_SEED, "torch": str(torch.__version__), "cases": stored},
+                   REPO / "teach" / "expected" / f"{part}.pt")
+        note = f"; NOT caught by any case: {', '.join(undetected)}" if undetected else ""
+        print(f"{part}: {len(stored)} cases, {sum(len(c['mistakes']) for c in stored.values())} known-mistake "
+              f"outputs ({time.time() - t0:.0f} s){note}")
+
+
 def main(argv=None):
-    global PART_TIMEOUT, TOTAL_TIMEOUT
-    if argv is None and sys.argv[1:2] == ["_worker"]:
-        return run_worker(json.loads(sys.stdin.read()))
+    global PART_TIMEOUT, TOTAL_TIMEOUT, PART_MEMORY_GB
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     m = sub.add_parser("make", help="write a student copy with the chosen parts blanked")
     m.add_argument("dir", type=Path)
     m.add_argument("--parts", help=f"comma-separated, default all: {','.join(PARTS)}")
-    g = sub.add_parser("grade", help="grade a student copy with this repository's tests")
+    g = sub.add_parser("grade", help="grade a student copy with this repository's cases")
     g.add_argument("dir", type=Path, nargs="?", default=Path("."))
     g.add_argument("--parts", help="grade only these parts (default: the parts `make` recorded in this copy, else all)")
-    g.add_argument("--extra-tests", type=Path, action="append", default=[], help="a file or folder of private tests")
+    g.add_argument("--extra-tests", type=Path, action="append", default=[], help="a file or folder of private cases")
     g.add_argument("--gradescope", type=Path, help="also write Gradescope's results.json here (always, errors too)")
-    g.add_argument("--part-timeout", type=float, default=PART_TIMEOUT, help="seconds for one part's tests")
+    g.add_argument("--part-timeout", type=float, default=PART_TIMEOUT, help="seconds for one part's cases")
     g.add_argument("--total-timeout", type=float, default=TOTAL_TIMEOUT, help="seconds for the whole grade")
+    g.add_argument("--part-memory", type=float, default=PART_MEMORY_GB, help="GiB of address space per worker")
+    g.add_argument("--worker-user", default=WORKER_USER, help="grading as root, run student code as this user")
+    e = sub.add_parser("expected", help="regenerate teach/expected/ from the reference (instructor side)")
+    e.add_argument("--parts", help="comma-separated, default all")
     args = p.parse_args(argv)
     if args.command == "make":
         return make(args.dir, parse_parts(args.parts))
-    PART_TIMEOUT, TOTAL_TIMEOUT = args.part_timeout, args.total_timeout
+    if args.command == "expected":
+        return make_expected(parse_parts(args.parts))
+    PART_TIMEOUT, TOTAL_TIMEOUT, PART_MEMORY_GB = args.part_timeout, args.total_timeout, args.part_memory
     try:
         student = find_copy(args.dir)
         for path in args.extra_tests:
             if not path.exists():
                 raise SystemExit(f"error: --extra-tests {path} does not exist")
         parts = parse_parts(args.parts) if args.parts else default_parts()
-        result = grade(student.resolve(), parts, [e.resolve() for e in args.extra_tests])
+        result = grade(student.resolve(), parts, [e.resolve() for e in args.extra_tests], args.worker_user)
     except SystemExit as e:  # Gradescope still gets a results.json, with the reason as its output
         if args.gradescope and isinstance(e.code, str):
             args.gradescope.write_text(json.dumps({"score": 0.0, "output": e.code, "tests": []}, indent=2))
+        raise
+    except Exception as e:  # noqa: BLE001 (a grader bug must still leave a results.json)
+        if args.gradescope:
+            args.gradescope.write_text(json.dumps({"score": 0.0, "output": f"grading failed: {type(e).__name__}: "
+                                                                          f"{e}", "tests": []}, indent=2))
         raise
     if args.gradescope:
         write_gradescope(args.gradescope, result)

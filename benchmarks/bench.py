@@ -28,7 +28,6 @@ import time
 import warnings
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import model as M  # noqa: E402
@@ -60,8 +59,11 @@ def leaf_hook(layers, layer: int, inside: bool):
     return layers[layer].register_forward_hook(lambda m, a, out: out.detach().requires_grad_())
 
 
-def lm_loss(logits, labels):  # train.lm_loss's loss, for the transformers models
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+def lm_loss(logits, labels):
+    """train.lm_loss itself on logits a transformers model already computed (its `model` argument just returns
+    them), so the peers are scored by the very loss ours is."""
+    batch = {"input_ids": labels, "attention_mask": None, "prompt_mask": None, "labels": labels}
+    return train.lm_loss(lambda *args, **kwargs: logits, None, batch)
 
 
 def train_step(device, loss_fn, opt=None, leaf=None):

@@ -1,17 +1,22 @@
 """Assignment mode: turn the core files into a programming assignment, and grade a student's work.
 
-  python teach/assignment.py make DIR [--parts rmsnorm,rope,...]      a student copy of this repository in DIR
-  python teach/assignment.py grade [DIR] [--extra-tests PATH] [--gradescope results.json] [--parts ...]
+  python teach/assignment.py make DIR [--parts rmsnorm,rope,...]   a student copy of this repository in DIR
+  python teach/assignment.py grade [DIR] [--parts ...] [--gradescope results.json] [--extra-tests PATH]
+  python teach/assignment.py expected [--parts ...]                 regenerate teach/expected/ (instructor side)
+  python teach/assignment.py autograder autograder.zip [--parts ...] Gradescope's autograder (instructor side)
 
 The solution regions live in the core files between `### BEGIN SOLUTION <part>` and `### END SOLUTION <part>` (a part
 may have several regions, in several files). `make` replaces each chosen part's regions by
 `raise NotImplementedError("<part>: see WALKTHROUGH.md §N")` and leaves the markers, so the student writes between
-them. `grade` never runs DIR's own tests (a student can edit those): for each part it builds the reference core with
-the student's regions of that part put back in, every other part the reference's, and runs this repository's tests
-of that part (tests/parts/test_<part>.py) plus the instructor's private ones (--extra-tests: files test_<part>*.py,
-or any file that sets PART = "<part>"). So a mistake in one part never costs points in another. The score is the mean
-over parts of passed/total; the last stdout line is the JSON {"score": s, "parts": {...}}.
+them. `grade`, for each part: builds a core from the handed-out skeleton with only that part's regions taken from
+the student (every other part's regions raise: the part's cases never need them), runs the part's cases
+(teach/parts/PART.py) in a fresh worker process (as an unprivileged user when grading as root), and compares what
+they returned, here, with the expected outputs (teach/expected/PART.pt; the official grade also draws a fresh seed
+and runs the reference on it). The student's self-check (in the copy) and the official grade (in this repository)
+give the same result for the same files. The score is the mean over parts of passed/total; the last stdout line is
+the JSON {"score": s, "parts": {...}}. See teach/README.md.
 """
+
 import argparse
 import importlib.util
 import json
@@ -33,8 +38,10 @@ CORE = ["model.py", "reft.py", "data.py", "train.py"]
 # part -> its section of WALKTHROUGH.md (the message a blanked region raises points there)
 PARTS = {"rmsnorm": 2, "rope": 3, "attention": 4, "generate": 5, "lm_loss": 6, "positions": 7, "loreft": 8,
          "direft": 9, "prefix": 10, "pedro": 11, "lora": 12}
-# files a student copy must not hold: they contain the solution, or plausible variants of it
-NOT_FOR_STUDENTS = ["tests/test_assignment.py", "tests/fixtures/assignment"]
+# files a student copy must not hold: they contain the solution, plausible variants of it, or closed forms of the
+# methods (instructor-side tests; tests/test_assignment.py scans every fresh copy for solution lines)
+NOT_FOR_STUDENTS = ["tests/test_assignment.py", "tests/fixtures/assignment", "tests/test_reft.py",
+                    "tests/test_prefix_pedro.py", "tests/test_references_*.py"]
 SKIP = {".git", ".venv", "__pycache__", ".pytest_cache", "runs", "out"}
 PART_TIMEOUT = 60  # seconds for one part's cases (an endless loop in a student's region costs that part only)
 TOTAL_TIMEOUT = 540  # seconds for a whole grade: parts not reached by then score 0 (fits a 10-minute autograder)
@@ -108,7 +115,7 @@ def make(dest: Path, parts: list[str]):
         raise SystemExit(f"error: {dest} exists and is not empty; choose a new folder")
     for path in tracked_files():
         rel = path.relative_to(REPO)
-        if any(str(rel) == n or str(rel).startswith(n + "/") for n in NOT_FOR_STUDENTS + [RECORD]):
+        if any(rel.match(n) or str(rel).startswith(n + "/") for n in NOT_FOR_STUDENTS + [RECORD]):
             continue
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, dest / rel)
@@ -129,7 +136,8 @@ def make(dest: Path, parts: list[str]):
     n_regions = sum(len(regions((REPO / n).read_text(), p)) for n in CORE for p in parts)
     print(f"student copy in {dest}: parts {', '.join(parts)} blanked ({n_regions} regions)")
     print(f"a student checks their work with: cd {dest} && python teach/assignment.py grade .")
-    print(f"the official grade: python {Path(__file__).relative_to(REPO)} grade SUBMISSION --parts {','.join(parts)}")
+    print(f"the official grade: python teach/assignment.py grade SUBMISSION --parts {','.join(parts)}")
+    print(f"on Gradescope: python teach/assignment.py autograder autograder.zip --parts {','.join(parts)}")
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -315,32 +323,48 @@ class Sandbox:
         try:
             if self.uid is not None:
                 os.chown(scratch, self.uid, self.gid)
+            out = scratch / "out"
+            cmd = self.command([sys.executable, "-I", str(folder / "teach" / "grading.py"), "run", str(folder),
+                                ",".join(f.name for f in files), ",".join(map(str, seeds)), str(out)])
+            proc = subprocess.Popen(cmd, cwd=scratch, env=self.env(str(scratch)), stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                                    preexec_fn=self.limits)
+            try:
+                rc = proc.wait(timeout=timeout)
+                if rc:
+                    why = f"the worker process crashed (exit {rc})"
+            except subprocess.TimeoutExpired:
+                why = f"timed out after {timeout:g} s (an endless loop?)"
+            self.kill(proc)
             for seed in seeds:
-                out = scratch / f"out-{seed}.pt"
-                cmd = self.command([sys.executable, "-I", str(folder / "teach" / "grading.py"), "run", str(folder),
-                                    ",".join(f.name for f in files), str(seed), str(out)])
-                t0 = time.time()
-                proc = subprocess.Popen(cmd, cwd=scratch, env=self.env(str(scratch)), stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                                        preexec_fn=self.limits)
-                try:
-                    rc = proc.wait(timeout=timeout)
-                    if rc:
-                        why = f"the worker process crashed (exit {rc})"
-                except subprocess.TimeoutExpired:
-                    why = f"timed out after {timeout:g} s (an endless loop?)"
-                self.kill(proc)
-                timeout = max(1.0, timeout - (time.time() - t0))
-                if out.is_file() and out.stat().st_size < 256 * 2 ** 20:
+                path = scratch / f"out-{seed}.pt"
+                if path.is_file() and not path.is_symlink() and path.stat().st_size < 256 * 2 ** 20:
                     try:
-                        results[seed] = torch.load(out, map_location="cpu", weights_only=True)
+                        results[seed] = torch.load(path, map_location="cpu", weights_only=True)
                     except Exception:  # noqa: BLE001 (a forged or truncated file: nothing from it counts)
                         results[seed] = {}
-                if why:
-                    break
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         return results, why
+
+    def run_many(self, jobs: list[tuple[Path, list[Path], int]], timeout: float) -> list[dict]:
+        """Trusted code only (the reference, known mistakes): several (folder, case files, seed) jobs in one worker
+        process -> each job's {case: result}."""
+        import torch
+        with tempfile.TemporaryDirectory(prefix="grade-many-") as scratch:
+            spec = [[str(f), [p.name for p in files], [seed], f"{scratch}/out{i}"] for i, (f, files, seed) in
+                    enumerate(jobs)]
+            Path(scratch, "jobs.json").write_text(json.dumps(spec))
+            proc = subprocess.Popen([sys.executable, "-I", str(REPO / "teach" / "grading.py"), "run-many",
+                                     f"{scratch}/jobs.json"], cwd=scratch, env=self.env(scratch),
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pass
+            self.kill(proc)
+            return [torch.load(f"{out}-{seed}.pt", weights_only=True) if Path(f"{out}-{seed}.pt").is_file() else {}
+                    for _, _, (seed,), out in spec]
 
     def kill(self, proc):
         """The worker's whole session, and as root every process of the worker's user (nothing it forked outlives
@@ -559,11 +583,12 @@ def make_expected(parts: list[str]):
                                  "and 1 (draw their inputs from the seed, so a table of the shipped outputs cannot "
                                  "pass the official grade)")
             undetected = []
-            for i, mutant in enumerate(mutants_of(part)):
+            mutants, jobs, problems = mutants_of(part), [], []
+            for i, mutant in enumerate(mutants):
                 folder = Path(tmp) / f"mutant{i}"
-                problem = composite(apply_mutant(mutant, Path(tmp) / f"src{i}"), part, folder, files)
-                got, _ = sandbox.run(folder, files, [SHIPPED_SEED], REFERENCE_TIMEOUT / 4)
-                got = got.get(SHIPPED_SEED, {})
+                problems.append(composite(apply_mutant(mutant, Path(tmp) / f"src{i}"), part, folder, files))
+                jobs.append((folder, files, SHIPPED_SEED))
+            for mutant, problem, got in zip(mutants, problems, sandbox.run_many(jobs, REFERENCE_TIMEOUT)):
                 caught = bool(problem)
                 for name, case in cases.items():
                     out = got.get(name, {}).get("outputs")
@@ -580,6 +605,24 @@ def make_expected(parts: list[str]):
         note = f"; NOT caught by any case: {', '.join(undetected)}" if undetected else ""
         print(f"{part}: {len(stored)} cases, {sum(len(c['mistakes']) for c in stored.values())} known-mistake "
               f"outputs ({time.time() - t0:.0f} s){note}")
+
+
+def autograder_zip(out: Path, parts: list[str]):
+    """Gradescope's autograder.zip: this repository's tracked files (the grader, the reference, teach/expected) with
+    teach/gradescope/setup.sh and run_autograder at the top, run_autograder set to grade `parts`."""
+    import zipfile
+    if is_student_copy():
+        raise SystemExit("error: the autograder holds the reference solution: build it in the instructor's repository")
+    run = (REPO / "teach" / "gradescope" / "run_autograder").read_text()
+    run = run.replace('PARTS="${PARTS:-}"', f'PARTS="${{PARTS:-{",".join(parts)}}}"', 1)
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        for path in tracked_files():
+            z.write(path, str(path.relative_to(REPO)))
+        z.write(REPO / "teach" / "gradescope" / "setup.sh", "setup.sh")
+        info = zipfile.ZipInfo("run_autograder")
+        info.external_attr = 0o755 << 16
+        z.writestr(info, run)
+    print(f"{out}: upload it as the autograder of a Gradescope programming assignment (parts {', '.join(parts)})")
 
 
 def main(argv=None):
@@ -600,11 +643,16 @@ def main(argv=None):
     g.add_argument("--worker-user", default=WORKER_USER, help="grading as root, run student code as this user")
     e = sub.add_parser("expected", help="regenerate teach/expected/ from the reference (instructor side)")
     e.add_argument("--parts", help="comma-separated, default all")
+    z = sub.add_parser("autograder", help="write Gradescope's autograder.zip (instructor side)")
+    z.add_argument("zip", type=Path)
+    z.add_argument("--parts", help="the parts you assigned, comma-separated (default all)")
     args = p.parse_args(argv)
     if args.command == "make":
         return make(args.dir, parse_parts(args.parts))
     if args.command == "expected":
         return make_expected(parse_parts(args.parts))
+    if args.command == "autograder":
+        return autograder_zip(args.zip, parse_parts(args.parts))
     PART_TIMEOUT, TOTAL_TIMEOUT, PART_MEMORY_GB = args.part_timeout, args.total_timeout, args.part_memory
     try:
         student = find_copy(args.dir)

@@ -197,37 +197,54 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg}"[:300]
 
 
-def run_worker(folder: str, files: list[str], seed: int, out: str):
-    """Run every case of the case files (in FOLDER/teach/parts) on inputs from `seed`; save {case: {"outputs": ...} |
-    {"error": line}} to out after each case (so a crash or a timeout keeps the cases already run)."""
+def run_worker(folder: str, files: list[str], seeds: list[int], out: str):
+    """Run every case of the case files (in FOLDER/teach/parts) on inputs from each seed; save {case: {"outputs": ...}
+    | {"error": line}} to OUT-SEED.pt after each case (so a crash or a timeout keeps the cases already run)."""
     sys.path[:0] = [folder, os.path.join(folder, "teach")]
     import torch
     torch.set_num_threads(1)
-    results = {}
-
-    def save():
-        tmp = out + ".tmp"
-        torch.save(results, tmp)
-        os.replace(tmp, out)
+    loaded = []
     for i, name in enumerate(files):
         path = os.path.join(folder, "teach", "parts", name)
         try:
-            cases = load_cases(path)
+            loaded.append((i, path, load_cases(path), None))
         except BaseException as e:  # noqa: BLE001 (the part's core does not import: its cases fail with why)
-            results[case_key(i, path, "*")] = {"error": _one_line(e)}
-            save()
-            continue
-        for case in cases:
-            try:
-                torch.manual_seed(seed)
-                results[case_key(i, path, case.name)] = {"outputs": _portable(case.run(seed))}
-            except BaseException as e:  # noqa: BLE001 (a student's code may raise anything)
-                if isinstance(e, KeyboardInterrupt):
-                    raise
-                results[case_key(i, path, case.name)] = {"error": _one_line(e)}
-            save()
-    save()
+            loaded.append((i, path, [], _one_line(e)))
+    for seed in seeds:
+        results = {}
+
+        def save():
+            torch.save(results, f"{out}-{seed}.tmp")
+            os.replace(f"{out}-{seed}.tmp", f"{out}-{seed}.pt")
+        for i, path, cases, error in loaded:
+            if error:
+                results[case_key(i, path, "*")] = {"error": error}
+            for case in cases:
+                try:
+                    torch.manual_seed(seed)
+                    results[case_key(i, path, case.name)] = {"outputs": _portable(case.run(seed))}
+                except BaseException as e:  # noqa: BLE001 (a student's code may raise anything)
+                    if isinstance(e, KeyboardInterrupt):
+                        raise
+                    results[case_key(i, path, case.name)] = {"error": _one_line(e)}
+                save()
+        save()
+
+
+def run_many(jobs: list):
+    """Several [folder, files, seeds, out] jobs in this one process, the core modules forgotten between them: for the
+    instructor's checks of many known mistakes at once (`expected`, the tests), never for a student's grade."""
+    for folder, files, seeds, out in jobs:
+        for name in [m for m in sys.modules if m.split(".")[0] in ("model", "reft", "data", "train", "support")]:
+            del sys.modules[name]
+        path = list(sys.path)
+        run_worker(folder, files, seeds, out)
+        sys.path[:] = path
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["run"]:
-    run_worker(sys.argv[2], sys.argv[3].split(","), int(sys.argv[4]), sys.argv[5])
+    run_worker(sys.argv[2], sys.argv[3].split(","), [int(x) for x in sys.argv[4].split(",")], sys.argv[5])
+elif __name__ == "__main__" and sys.argv[1:2] == ["run-many"]:
+    import json
+    with open(sys.argv[2]) as f:
+        run_many(json.load(f))

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -275,7 +276,7 @@ class Sandbox:
         """args run as the worker's user (as root: setpriv drops every privilege before Python starts)."""
         if self.uid is None:
             return args
-        return ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups", "--no-new-privs",
+        return [shutil.which("setpriv"), f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups", "--no-new-privs",
                 "--inh-caps=-all", "--bounding-set=-all", *args]
 
     def probe(self, code: str) -> subprocess.CompletedProcess:
@@ -308,11 +309,14 @@ class Sandbox:
         return {"PATH": "/usr/bin:/bin", "HOME": scratch, "TMPDIR": scratch, "OMP_NUM_THREADS": "1",
                 "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0", "LANG": "C.UTF-8"}
 
-    def limits(self):
-        import resource
+    @staticmethod
+    def limited(args: list[str]) -> list[str]:
+        """args under an address-space limit (a huge allocation fails in its own part) and no core dumps: a small
+        Python sets them on itself and then becomes args (lowering one's own limits needs no privilege)."""
         limit = int(PART_MEMORY_GB * 2 ** 30)
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        return [sys.executable, "-I", "-c", "import os, resource, sys; "
+                f"resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit})); "
+                "resource.setrlimit(resource.RLIMIT_CORE, (0, 0)); os.execv(sys.argv[1], sys.argv[1:])", *args]
 
     def run(self, folder: Path, files: list[Path], seeds: list[int], timeout: float) -> tuple[dict, str | None]:
         """Run the case files' cases for each seed in a fresh worker: ({seed: {case: result}}, None), or what is
@@ -324,11 +328,11 @@ class Sandbox:
             if self.uid is not None:
                 os.chown(scratch, self.uid, self.gid)
             out = scratch / "out"
-            cmd = self.command([sys.executable, "-I", str(folder / "teach" / "grading.py"), "run", str(folder),
-                                ",".join(f.name for f in files), ",".join(map(str, seeds)), str(out)])
+            cmd = self.limited(self.command([sys.executable, "-I", str(folder / "teach" / "grading.py"), "run",
+                                             str(folder), ",".join(f.name for f in files), ",".join(map(str, seeds)),
+                                             str(out)]))
             proc = subprocess.Popen(cmd, cwd=scratch, env=self.env(str(scratch)), stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                                    preexec_fn=self.limits)
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
             try:
                 rc = proc.wait(timeout=timeout)
                 if rc:
@@ -412,13 +416,16 @@ def grade_part(sandbox: Sandbox, student: Path, part: str, files: list[Path], sh
     if problem:
         return [(key, False, problem) for key, _ in cases]
     seeds = [SHIPPED_SEED] + ([hidden] if official else [])
-    mine, why = sandbox.run(shared / "student", files, seeds, timeout)
     reference = {}
-    if official:  # the reference's outputs on the fresh seed (and on the shipped one for private cases)
-        composite(None, part, private / "reference", files)
-        reference, ref_why = Sandbox(trusted=True).run(private / "reference", files, seeds, REFERENCE_TIMEOUT)
-        if ref_why:
-            raise SystemExit(f"error: the reference itself failed on part {part}: {ref_why}")
+    with ThreadPoolExecutor(2) as pool:  # the student's worker and (official) the reference's run side by side
+        if official:  # the reference's outputs on the fresh seed (and on the shipped one for private cases)
+            composite(None, part, private / "reference", files)
+            ref = pool.submit(Sandbox(trusted=True).run, private / "reference", files, seeds, REFERENCE_TIMEOUT)
+        mine, why = sandbox.run(shared / "student", files, seeds, timeout)
+        if official:
+            reference, ref_why = ref.result()
+            if ref_why:
+                raise SystemExit(f"error: the reference itself failed on part {part}: {ref_why}")
     out = []
     for key, case in cases:
         want0 = stored.get(key) if key in stored else None

@@ -109,7 +109,9 @@ def difference(got, want, atol: float, rtol: float) -> str | None:
         if not torch.isfinite(g).all() and torch.isfinite(w).all():
             return "holds NaN or inf"
         both = torch.isfinite(g) & torch.isfinite(w)
-        if not torch.equal(torch.isfinite(g), torch.isfinite(w)) or not torch.equal(g[~both], w[~both]):
+        same_nan = torch.equal(torch.isnan(g), torch.isnan(w))
+        inf = torch.isinf(g) | torch.isinf(w)
+        if not torch.equal(torch.isfinite(g), torch.isfinite(w)) or not same_nan or not torch.equal(g[inf], w[inf]):
             return "has inf/NaN where the expected values do not (or the reverse)"
         err = (g[both] - w[both]).abs()
         bad = err > atol + rtol * w[both].abs()

@@ -1,4 +1,4 @@
-"""The LoRA baseline (reft.LoRA, seam 2) beyond its assignment part (tests/parts/test_lora.py: the update's closed form,
+"""The LoRA baseline (reft.LoRA, seam 2) beyond its assignment part (teach/parts/lora.py: the update against stored expected outputs,
 PEFT parity on LLaMA and BERT, B = 0 is the base, dropout, dtypes): RoBERTa and the k projection against PEFT,
 cached == uncached generation, the base weights untouched by training, saving, and the bad-input errors."""
 import pytest

@@ -13,7 +13,7 @@ import torch
 
 from grading import Case, generator, stand_in
 
-H, H_KV, D_H, D = 4, 2, 8, 32  # query heads, key/value heads (grouped-query: 2 query heads per kv head), head size, width
+H, H_KV, D_H, D = 4, 2, 8, 32  # query heads, key/value heads (grouped-query: 2 per kv head), head size, width
 
 
 def _fake_rope(x, cos, sin):
@@ -64,7 +64,7 @@ def run_uses_the_given_boolean_mask(seed):
     import model as M
     B, T = 2, 5
     q, k, v = _qkv(seed, 3, B, T, T)
-    padding = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]])  # row 1: two left-padding tokens
+    padding = torch.tensor([[0, 1, 1, 1, 1], [0, 0, 1, 1, 1]])  # left padding: one token in row 0, two in row 1
     mask = M.attention_mask_4d(padding, 0, T, causal=True).clone()  # [B, 1, T, T], True = may attend
     mask[0, :, 1, 3] = True  # row 0: one query may see a later key (the mask, not causality, decides)
     return {"y": M.attention(q, k, v, mask)}
@@ -147,7 +147,7 @@ def run_cache_with_left_padding(seed):
     attn = _layer(M, seed, 16)
     x = torch.randn(B, P + N, D, generator=generator(seed, 17))
     cos, sin = _cos_sin(seed, 18, B, P + N)
-    padding = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])
+    padding = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])  # row 1: two left-padding tokens
     cache = M.KVCache(1, B, P + N, H_KV, D_H)
     with stand_in(M, "apply_rope", _fake_rope), torch.no_grad():
         prefill = attn(x[:, :P], cos[:, :, :P], sin[:, :, :P], M.attention_mask_4d(padding, 0, P, True), cache)
@@ -185,7 +185,8 @@ CASES = [
                 "length": "update must not change length (the model advances it once per forward)"}),
     Case("heads_split_and_rope", run_heads_split_and_rope,
          f"LlamaAttention.heads(q [2, 3, 32], k, v [2, 3, 16], cos, sin) ({STAND_IN})", atol=1e-6, rtol=1e-5,
-         hints={"q": "[B, T, H·d_h] -> view [B, T, H, d_h] -> transpose to [B, H, T, d_h], then apply_rope(q, cos, sin)",
+         hints={"q": "[B, T, H·d_h] -> view [B, T, H, d_h] -> transpose to [B, H, T, d_h], then apply_rope(q, cos, "
+                     "sin)",
                 "k": "k: view [B, T, H_kv, d_h] -> [B, H_kv, T, d_h], then apply_rope(k, cos, sin)",
                 "v": "v: view [B, T, H_kv, d_h] -> [B, H_kv, T, d_h], no RoPE"}),
     Case("attention_causal_closed_form", run_causal_layer,

@@ -123,7 +123,8 @@ def run_prefill(seed):
     mask = _left_padded(seed, B, T, 21)
 
     def body():
-        return {"padded": _positions(M, ids, mask, None, P)[0], "no_attention_mask": _positions(M, ids, None, None, P)[0]}
+        return {"padded": _positions(M, ids, mask, None, P)[0],
+                "no_attention_mask": _positions(M, ids, None, None, P)[0]}
     return _guarded(["padded", "no_attention_mask"], body)
 
 
@@ -135,7 +136,7 @@ def _prefill_then_decode(M, B, T, P, mask, steps):
     decode = []
     for _ in range(steps):
         if mask is not None:
-            mask = torch.cat([mask, mask.new_ones(B, 1)], 1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)  # the new token is real
         step, _, added = _positions(M, torch.zeros(B, 1, dtype=torch.long), mask, cache, P)
         cache.length += added
         decode.append(step)
@@ -150,7 +151,8 @@ def run_decode(seed):
     names = ["prefill_padded", "decode_padded", "prefill_no_attention_mask", "decode_no_attention_mask"]
 
     def body():
-        return dict(zip(names, [*_prefill_then_decode(M, B, T, P, mask, 4), *_prefill_then_decode(M, B, T, P, None, 4)]))
+        return dict(zip(names, [*_prefill_then_decode(M, B, T, P, mask, 4),
+                                *_prefill_then_decode(M, B, T, P, None, 4)]))
     return _guarded(names, body)
 
 

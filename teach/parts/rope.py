@@ -62,9 +62,11 @@ def run_cos_sin_large_positions(seed):
 
 
 def _cos_sin(seed, offset, B, T, d):
-    """Random cos, sin [B, 1, T, d] (apply_rope is taken on its own: any values of the right shape do)."""
-    g = generator(seed, offset)
-    return torch.rand(B, 1, T, d, generator=g) * 2 - 1, torch.rand(B, 1, T, d, generator=g) * 2 - 1
+    """cos, sin [B, 1, T, d] of random angles, each angle in both halves (the layout the docstring gives): apply_rope
+    is taken on its own, so the angles need not come from positions."""
+    angles = (torch.rand(B, 1, T, d // 2, generator=generator(seed, offset)) * 2 - 1) * 3.14
+    both_halves = torch.cat([angles, angles], -1)
+    return torch.cos(both_halves), torch.sin(both_halves)
 
 
 def run_apply_rope_half_split_pairs(seed):

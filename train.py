@@ -56,8 +56,9 @@ class TrainConfig:
     epochs: int = 10  # passes over the training data
     lr: float = 0.0  # peak learning rate; 0 = the method's DEFAULT_LR (the ReFT paper used 9e-4 on LLaMA-7B)
     weight_decay: float = 0.0  # AdamW weight decay of a classification head (never of the method)
-    warmup: float = 0.1  # fraction of steps with linear warm-up, then linear decay to 0
-    constant_lr: bool = False  # keep --lr at every step: no warm-up, no decay (transformers' "constant" schedule)
+    warmup: float = 0.1  # fraction of steps with linear warm-up (every schedule)
+    schedule: str = "linear"  # after the warm-up: linear (decay to 0) | cosine (half a cosine to 0) | constant
+    constant_lr: bool = False  # keep --lr at every step: no warm-up, no decay (= --schedule constant --warmup 0)
     batch_size: int = 8  # examples per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step
     max_grad_norm: float = 1.0  # gradient clipping to this norm (0 = off)
@@ -114,10 +115,12 @@ def to_device(batch: dict, device: str) -> dict:
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def lr_factor(step: int, warm: int, total: int) -> float:
+def lr_factor(step: int, warm: int, total: int, shape: str = "linear") -> float:
     """The learning rate of optimizer step `step` (0-based) over --lr: linear warm-up from 1/(warm+1) to 1 at step
-    `warm`, then linear decay that would reach 0 at step `total` (the last step, total-1, gets 1/(total-warm))."""
-    return (step + 1) / (warm + 1) if step < warm else max(0.0, (total - step) / max(1, total - warm))
+    `warm`, then with t = (step - warm) / (total - warm): linear 1 - t, cosine (1 + cos πt) / 2, or constant 1."""
+    t = min(1.0, (step - warm) / max(1, total - warm))  # linear and cosine reach 0 at step `total` (after the last)
+    return (step + 1) / (warm + 1) if step < warm else {"linear": 1 - t, "cosine": (1 + math.cos(math.pi * t)) / 2,
+                                                         "constant": 1.0}[shape]
 
 
 def autocast(device: str):
@@ -145,10 +148,10 @@ class Task:
 
 
 def schedule(cfg: TrainConfig, opt, n_examples: int):
-    """Linear warm-up over --warmup of the steps, then linear decay to 0; --constant-lr keeps --lr throughout."""
-    total = total_steps(cfg, n_examples)
-    warm = int(cfg.warmup * total)
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 if cfg.constant_lr else lr_factor(s, warm, total))
+    """Linear warm-up over --warmup of the steps, then --schedule; --constant-lr: --lr throughout (no warm-up)."""
+    total, shape = total_steps(cfg, n_examples), "constant" if cfg.constant_lr else cfg.schedule
+    warm = 0 if cfg.constant_lr else int(cfg.warmup * total)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warm, total, shape))
 
 
 def total_steps(cfg: TrainConfig, n_examples: int) -> int:
@@ -238,11 +241,9 @@ def train(cfg: TrainConfig) -> dict:
     mcfg, eos = method_config(cfg, model), end_token(model, tok, cfg.template)
     ckpt_path, mcfg, info = runs.check_out_folder(cfg, mcfg)  # refuses to overwrite or mix up a saved run
     examples = tokenize_examples(read_records(cfg.data), tok, cfg.template, cfg.max_length, eos)
-    if cfg.eval_data:
-        train_ex, eval_ex = examples, tokenize_examples(read_records(cfg.eval_data), tok, cfg.template,
-                                                        cfg.max_length, eos)
-    else:
-        train_ex, eval_ex = split_heldout(examples, cfg.eval_fraction, cfg.seed)
+    train_ex, eval_ex = (examples, tokenize_examples(read_records(cfg.eval_data), tok, cfg.template, cfg.max_length,
+                                                     eos)) if cfg.eval_data else \
+        split_heldout(examples, cfg.eval_fraction, cfg.seed)  # held out: --eval-data, else a share of --data
     method, scheme = reft.build_method(mcfg, model), mcfg.position_scheme()
     if ddp.is_main:
         print(runs.count_parameters(method, model), file=sys.stderr)

@@ -36,8 +36,12 @@ def _parser(config_cls, only_given: bool = False) -> argparse.ArgumentParser:
         if f.type is bool:
             p.add_argument(flag, action="store_true", help=text, **({"default": default} if only_given else {}))
         else:
-            p.add_argument(flag, type=f.type, default=default, help=f"{text} (default: {f.default!r})")
+            p.add_argument(flag, type=f.type, default=default, help=f"{text} (default: {f.default!r})",
+                           choices=CHOICES.get(f.name))
     return p
+
+
+CHOICES = {"schedule": ("linear", "cosine", "constant")}  # fields whose values are a fixed set (others: checked later)
 
 
 def parse_args(config_cls, argv):

@@ -624,7 +624,8 @@ def autograder_zip(out: Path, parts: list[str]):
     run = run.replace('PARTS="${PARTS:-}"', f'PARTS="${{PARTS:-{",".join(parts)}}}"', 1)
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
         for path in tracked_files():
-            z.write(path, str(path.relative_to(REPO)))
+            if path.resolve() != out.resolve():  # (without git, every file: not the zip being written)
+                z.write(path, str(path.relative_to(REPO)))
         z.write(REPO / "teach" / "gradescope" / "setup.sh", "setup.sh")
         info = zipfile.ZipInfo("run_autograder")
         info.external_attr = 0o755 << 16

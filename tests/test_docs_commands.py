@@ -35,6 +35,8 @@ NOT_HERE = {
     "make_sst2.py": "needs GLUE's SST-2 (outside data): without it, one line says what to download",
     "runs/compare_sst2": "needs GLUE's SST-2 (outside data)",
     "/autograder/": "paths of the Gradescope machine (tests/test_assignment.py grades with --gradescope)",
+    "assignment.py expected": "regenerates teach/expected/ (about a minute; tests/test_assignment.py checks the stored "
+                              "values against a fresh reference run)",
     "--preset tiny --device cpu --threads 1 --repeats 7": "the benchmark (7 min); tests/test_bench.py runs it small",
 }
 # substring of a command -> extra flags (appended) that make a long command short; the flags it shows still apply
@@ -119,7 +121,7 @@ def test_documented_commands_work_as_printed(tmp_path):
     env = {**os.environ, "HOME": str(home), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "OMP_NUM_THREADS": "1", "REFT_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     env.pop("REFT_SHARED_ASSETS", None)
-    (home / "course" / "private_tests").mkdir(parents=True)  # the instructor's folders the teach commands name
+    (home / "course" / "private_cases").mkdir(parents=True)  # the instructor's folders the teach commands name
     (home / "submissions").mkdir()
     (home / "submissions" / "alice").symlink_to(home / "course" / "a3")  # a student's copy, handed in untouched
     rows, failures = [], []

@@ -247,6 +247,17 @@ def test_lr_schedule():
     assert [train.lr_factor(s, 2, 6) for s in range(7)] == pytest.approx([1 / 3, 2 / 3, 1, 3 / 4, 1 / 2, 1 / 4, 0])
     assert [train.lr_factor(s, 0, 4) for s in range(5)] == pytest.approx([1, 3 / 4, 1 / 2, 1 / 4, 0])
     assert train.lr_factor(0, 0, 1) == 1.0  # a one-step run takes its step at the full lr
+    # --schedule cosine: the same warm-up, then (1 + cos πt)/2; constant: 1 after the warm-up
+    assert [train.lr_factor(s, 2, 6, "cosine") for s in range(7)] == pytest.approx(
+        [1 / 3, 2 / 3, 1, (1 + 2 ** -0.5) / 2, 1 / 2, (1 - 2 ** -0.5) / 2, 0])
+    assert [train.lr_factor(s, 2, 6, "constant") for s in range(7)] == pytest.approx([1 / 3, 2 / 3, 1, 1, 1, 1, 1])
+    cfg = train.TrainConfig(schedule="cosine", warmup=0.0, epochs=1, batch_size=1)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched, lrs = train.schedule(cfg, opt, 4), []
+    for _ in range(4):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step(), sched.step()
+    assert lrs == pytest.approx([1, (1 + 2 ** -0.5) / 2, 1 / 2, (1 - 2 ** -0.5) / 2])
 
 
 def test_grad_accum_equals_one_big_batch(stories260k, tmp_path):

@@ -49,6 +49,18 @@ def stand_in(module, name: str, fn):
         setattr(module, name, old)
 
 
+def guarded(names, fn):
+    """fn() -> {name: output}; an error (other than a blank part's NotImplementedError) becomes the outputs, as one
+    line of text, so a known mistake that raises can still be named (its stored outputs are that text)."""
+    try:
+        return fn()
+    except NotImplementedError:
+        raise
+    except (RuntimeError, TypeError, AttributeError, IndexError, ValueError) as e:
+        line = (str(e).strip().splitlines() or [""])[0][:160]
+        return {n: f"raised {type(e).__name__}: {line}" for n in names}
+
+
 def generator(seed: int, offset: int = 0):
     import torch
     return torch.Generator().manual_seed((seed * 1_000_003 + offset) % (2 ** 63))

@@ -8,21 +8,9 @@ the reference's (teach/expected/lora.pt). No case holds the solution. (HF PEFT's
 instructor-side reference: tests/test_lora_peft.py, tests/test_references_methods.py.)"""
 import torch
 
-from grading import Case, generator
+from grading import Case, generator, guarded
 
 RANK, ALPHA = 4, 12.0  # α/r = 3: a missing or inverted scaling shows
-
-
-def _guarded(names, fn):
-    """fn() -> {name: output}; an error (other than a blank part's NotImplementedError) becomes the outputs, as one
-    line of text, so a known mistake that raises can still be named."""
-    try:
-        return fn()
-    except NotImplementedError:
-        raise
-    except (RuntimeError, TypeError, AttributeError, IndexError, ValueError) as e:
-        line = (str(e).strip().splitlines() or [""])[0][:160]
-        return {n: f"raised {type(e).__name__}: {line}" for n in names}
 
 
 def _lora(R, seed, shapes, layers=(0, 1), rank=RANK, dropout=0.0, random_B=True):
@@ -41,7 +29,7 @@ def run_update(seed):
     method = _lora(R, seed, {"q": (16, 16), "v": (16, 8)})
     x = torch.randn(2, 5, 16, generator=generator(seed, 1))
     y = torch.randn(2, 5, 8, generator=generator(seed, 2))
-    return _guarded(["y"], lambda: {"y": method.project(1, "v", x, y, None)})
+    return guarded(["y"], lambda: {"y": method.project(1, "v", x, y, None)})
 
 
 def run_square(seed):
@@ -57,7 +45,7 @@ def run_other_projections(seed):
     method = _lora(R, seed, {"q": (16, 16)}, layers=(0,))  # q of layer 0 only
     x = torch.randn(1, 3, 16, generator=generator(seed, 5))
     y = torch.randn(1, 3, 16, generator=generator(seed, 6))
-    return _guarded(["q_layer_0", "v_layer_0_unchanged", "q_layer_1_unchanged"], lambda: {
+    return guarded(["q_layer_0", "v_layer_0_unchanged", "q_layer_1_unchanged"], lambda: {
         "q_layer_0": method.project(0, "q", x, y, None),
         "v_layer_0_unchanged": method.project(0, "v", x, y, None) is y,
         "q_layer_1_unchanged": method.project(1, "q", x, y, None) is y})
@@ -78,7 +66,7 @@ def run_zero_B(seed):
         grad = {k: torch.zeros_like(p) if p.grad is None else p.grad for k, p in
                 [("A", method.A["0_v"]), ("B", method.B["0_v"])]}
         return {"y": out, "grad_A": grad["A"], "grad_B": grad["B"]}
-    return _guarded(["y", "grad_A", "grad_B"], body)
+    return guarded(["y", "grad_A", "grad_B"], body)
 
 
 def run_dropout(seed):
@@ -91,7 +79,7 @@ def run_dropout(seed):
         torch.manual_seed(seed)  # the dropout mask: drawn once, on x's shape
         train = method.project(0, "v", x, y, None)
         return {"train": train, "eval": method.eval().project(0, "v", x, y, None)}
-    return _guarded(["train", "eval"], body)
+    return guarded(["train", "eval"], body)
 
 
 def run_bf16(seed):
@@ -99,7 +87,7 @@ def run_bf16(seed):
     method = _lora(R, seed, {"q": (64, 64), "v": (64, 32)})
     x = (2 * torch.randn(2, 8, 64, generator=generator(seed, 12))).bfloat16()
     y = (2 * torch.randn(2, 8, 64, generator=generator(seed, 13))).bfloat16()
-    return _guarded(["y"], lambda: {"y": method.project(1, "q", x, y, None)})
+    return guarded(["y"], lambda: {"y": method.project(1, "q", x, y, None)})
 
 
 CASES = [

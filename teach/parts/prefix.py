@@ -10,19 +10,7 @@ the reference's (teach/expected/prefix.pt). No case holds the solution, and none
 positions_and_mask is called on a small stand-in object that carries only the model's `config`."""
 import torch
 
-from grading import Case, generator
-
-
-def _guarded(names, fn):
-    """fn() -> {name: output}; an error (other than a blank part's NotImplementedError) becomes the outputs, as one
-    line of text, so a known mistake that raises can still be named."""
-    try:
-        return fn()
-    except NotImplementedError:
-        raise
-    except (RuntimeError, TypeError, AttributeError, IndexError, ValueError) as e:
-        line = (str(e).strip().splitlines() or [""])[0][:160]
-        return {n: f"raised {type(e).__name__}: {line}" for n in names}
+from grading import Case, generator, guarded
 
 
 def _prefix(R, seed, L=3, H=2, d=8, P=3):
@@ -56,7 +44,7 @@ def run_extra_kv(seed):
         if loss.requires_grad:
             loss.backward()
         return {"keys": keys, "values": values, "prefix_grad": _grad(method.prefix)}
-    return _guarded(["keys", "values", "prefix_grad"], body)
+    return guarded(["keys", "values", "prefix_grad"], body)
 
 
 def run_dtype(seed):
@@ -64,7 +52,7 @@ def run_dtype(seed):
     method = _prefix(R, seed)
     k = torch.randn(2, 2, 4, 8, generator=generator(seed, 5)).bfloat16()
     v = torch.randn(2, 2, 4, 8, generator=generator(seed, 6)).bfloat16()
-    return _guarded(["keys", "values"], lambda: dict(zip(["keys", "values"], method.extra_kv(1, k, v))))
+    return guarded(["keys", "values"], lambda: dict(zip(["keys", "values"], method.extra_kv(1, k, v))))
 
 
 def run_reparametrization(seed):
@@ -86,7 +74,7 @@ def run_reparametrization(seed):
         if loss.requires_grad:
             loss.backward()
         return {"keys": keys, "values": values, "grads": {n: _grad(p) for n, p in method.named_parameters()}}
-    return _guarded(["keys", "values", "grads"], body)
+    return guarded(["keys", "values", "grads"], body)
 
 
 class _Config:
@@ -125,7 +113,7 @@ def run_prefill(seed):
     def body():
         return {"padded": _positions(M, ids, mask, None, P)[0],
                 "no_attention_mask": _positions(M, ids, None, None, P)[0]}
-    return _guarded(["padded", "no_attention_mask"], body)
+    return guarded(["padded", "no_attention_mask"], body)
 
 
 def _prefill_then_decode(M, B, T, P, mask, steps):
@@ -153,7 +141,7 @@ def run_decode(seed):
     def body():
         return dict(zip(names, [*_prefill_then_decode(M, B, T, P, mask, 4),
                                 *_prefill_then_decode(M, B, T, P, None, 4)]))
-    return _guarded(names, body)
+    return guarded(names, body)
 
 
 CASES = [

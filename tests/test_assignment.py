@@ -366,10 +366,17 @@ def test_self_check_equals_the_official_grade(grader, tmp_path):
         (copy / name).write_text(text)
     mine, mine_json = run_grade(copy, copy)
     official, official_json = run_grade(grader, copy, "--parts", ",".join(parts))
-    assert mine_json == official_json, (mine.stdout, official.stdout)
-    assert per_part(mine.stdout) == per_part(official.stdout)
+    # the official grade may fail more cases of a wrong part, and only where the fresh seed exposes what the shipped
+    # inputs did not (it says so); everything else is identical
+    fresh = "right on the inputs shipped with the copy, wrong on new ones"
+    ours, theirs = per_part(mine.stdout), per_part(official.stdout)
+    for part in parts:
+        extra = [m for m in theirs[part][2] if fresh in m]
+        assert [m for m in theirs[part][2] if fresh not in m] == ours[part][2], (part, mine.stdout, official.stdout)
+        assert theirs[part][:2] == (ours[part][0] - len(extra), ours[part][1]), (part, mine.stdout, official.stdout)
     table = per_part(mine.stdout)
-    assert table["positions"][0] == table["positions"][1] and table["rope"][0] == table["rmsnorm"][0] == 0
+    assert table["positions"][0] == table["positions"][1] and table["rope"][0] == 0
+    assert table["rmsnorm"][0] < table["rmsnorm"][1] and table["lm_loss"][0] < table["lm_loss"][1]
     assert "may not import transformers" in table["direft"][2][0]
 
 

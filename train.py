@@ -24,7 +24,7 @@ import torch.nn.functional as F
 import model as M
 import reft
 from data import collate, response_of, split_heldout, tokenize_examples, uses_chat
-from support import distributed, flags, runs
+from support import defaults, distributed, flags, runs
 from support.loading import end_token, load_model_and_tokenizer  # the frozen model, its tokenizer, the end token
 from support.records import read_records
 from support.saving import atomic_torch_save, save
@@ -54,10 +54,10 @@ class TrainConfig:
     pooling: str = "last"  # PEDRO pooling: last | mean
     lora_alpha: float = 16.0  # LoRA: α; the update B A is scaled by α/r
     epochs: int = 10  # passes over the training data
-    lr: float = 0.0  # peak learning rate; 0 = the method's DEFAULT_LR (the ReFT paper used 9e-4 on LLaMA-7B)
+    lr: float = 0.0  # peak learning rate; 0 = the method's default (support/defaults.py; the paper: 9e-4 on LLaMA-7B)
     weight_decay: float = 0.0  # AdamW weight decay of a classification head (never of the method)
     warmup: float = 0.1  # fraction of steps with linear warm-up (every schedule)
-    schedule: str = "linear"  # after the warm-up: linear (decay to 0) | cosine (half a cosine to 0) | constant
+    schedule: str = "auto"  # after the warm-up: linear (to 0) | cosine (to 0) | constant | auto (support/defaults.py)
     constant_lr: bool = False  # keep --lr at every step: no warm-up, no decay (= --schedule constant --warmup 0)
     batch_size: int = 8  # examples per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step
@@ -80,7 +80,6 @@ class TrainConfig:
 
 
 DEFAULT_POSITIONS = {"lm": "f3+l3", "classify": "f3"}  # lm: the quick start's; classify: the paper's GLUE "p3"
-DEFAULT_LR = {"loreft": 1e-2, "direft": 1e-2, "prefix": 1e-2, "pedro": 1e-2, "lora": 3e-3}  # README "Compare methods"
 
 
 def parse_args(argv=None) -> TrainConfig:
@@ -236,7 +235,7 @@ def train(cfg: TrainConfig) -> dict:
     """Language modelling: train a method on --data, save it, evaluate it on the held-out records."""
     ddp = distributed.setup(cfg)  # under torchrun: this process's share of the work (support/distributed.py)
     torch.manual_seed(cfg.seed)
-    cfg = replace(cfg, lr=cfg.lr or DEFAULT_LR.get(cfg.method, 0.0))  # --lr 0: the method's own
+    cfg = defaults.resolve(cfg, "lm")  # --lr 0, --schedule auto: the method's own (support/defaults.py)
     model, tok = load_model_and_tokenizer(cfg)
     mcfg, eos = method_config(cfg, model), end_token(model, tok, cfg.template)
     ckpt_path, mcfg, info = runs.check_out_folder(cfg, mcfg)  # refuses to overwrite or mix up a saved run

@@ -21,7 +21,7 @@ Each run is an ordinary training run through the project's own entry points, as 
 train.train(TrainConfig(...)) for language models, support.classify.train_classifier for classification (the best
 epoch on the eval data is reported, as train.py does). Its held-out predictions are read from train.evaluate.
 
-Recipes: today's defaults (linear schedule, 10 % warm-up, clipping at 1.0, the method's train.DEFAULT_LR) and one
+Recipes: the defaults before this suite (linear schedule, 10 % warm-up, clipping at 1.0, lr 1e-2, LoRA 3e-3) and one
 factor changed at a time: the schedule (constant, cosine), warm-up off, clipping off (--max-grad-norm 0), the lr one
 point down or up the method's 3-point grid (LR_GRID). --full crosses all four factors (3 x 2 x 2 x 3 = 36 recipes).
 Every recipe is a set of train.py flags (--schedule linear|cosine|constant, --warmup, --max-grad-norm, --lr).
@@ -60,7 +60,7 @@ EXAMPLES = os.path.join(ROOT, "examples")
 SST2_URL = "https://dl.fbaipublicfiles.com/glue/data/SST-2.zip"
 METHODS = ("loreft", "direft", "prefix", "pedro", "lora")  # support/compare.py's, less the floor (`none`)
 LR_GRID = {"loreft": (3e-3, 1e-2, 3e-2), "direft": (3e-3, 1e-2, 3e-2), "prefix": (3e-3, 1e-2, 3e-2),
-           "pedro": (3e-3, 1e-2, 3e-2), "lora": (1e-3, 3e-3, 1e-2)}  # low, train.DEFAULT_LR, high
+           "pedro": (3e-3, 1e-2, 3e-2), "lora": (1e-3, 3e-3, 1e-2)}  # low, the old default, high
 
 
 # -----------------------------------------------------------------------------------------------------------------

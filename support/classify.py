@@ -22,7 +22,7 @@ import model as M
 import reft
 import train
 from data import collate, split_heldout
-from support import distributed, files, runs
+from support import defaults, distributed, files, runs
 from support.records import check_text, read_jsonl, read_text
 from support.saving import load, save
 
@@ -283,7 +283,7 @@ def train_classifier(cfg) -> dict:
     """Train the method and a new head through train.fit (the one training loop); after each epoch evaluate, and
     keep (save) the epoch with the best task metric on the eval data. One process (no torchrun here)."""
     torch.manual_seed(cfg.seed)
-    cfg = replace(cfg, lr=cfg.lr or train.DEFAULT_LR.get(cfg.method, 1e-2))  # --lr 0: the method's own (none: 1e-2)
+    cfg = defaults.resolve(cfg, "classify")  # --lr 0, --schedule auto: the method's own (none: 1e-2, linear)
     model, tok = train.load_model_and_tokenizer(cfg)
     if not isinstance(model, M.Encoder):
         if cfg.task == "auto":  # inferred from the data file: say why

@@ -14,7 +14,7 @@ import torch
 import data
 import model as M
 import train
-from support import classify, compare, runs, saving
+from support import classify, compare, defaults, runs, saving
 from support.checkpoints import from_pretrained, resolve, tokenizer_path
 from support.flags import OneLineParser, given_flags
 from support.pyreft_import import load_pyreft_run
@@ -52,7 +52,7 @@ def same_quick_start(cfg) -> bool:
         saved = (load_torch(path).get("train_config") or {})
     except (ValueError, AttributeError):
         return False
-    now = vars(train.parse_args([])) | vars(cfg) | {"lr": cfg.lr or train.DEFAULT_LR.get(cfg.method, 0.0)}
+    now = vars(train.parse_args([])) | vars(cfg) | vars(defaults.resolve(cfg, "lm"))
     ignore = ("resume", "overwrite", "device", "dist_timeout")
     return {k: v for k, v in saved.items() if k not in ignore} == {k: v for k, v in now.items() if k not in ignore}
 

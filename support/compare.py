@@ -10,7 +10,7 @@ fresh copy of the base model and reseeds torch, so nothing one run does can reac
 samples. `none` is the floor: the frozen model evaluated as it is (language modelling), or the classification head
 alone on the frozen encoder.
 
-Learning rates: each method trains at its own default (train.DEFAULT_LR) unless --lr is given; one lr for all would
+Learning rates: each method trains at its own default (support/defaults.py) unless --lr is given; one lr for all would
 rank learning rates, not methods. --lr-grid 1e-3,3e-3,1e-2 first trains seed --seed of each method at each lr, keeps
 the lr with the best main metric on the eval data (which then also reports the result: optimistic, and the table says
 so), and runs the other seeds at that lr.
@@ -39,6 +39,7 @@ import reft
 from data import collate, split_heldout, tokenize_examples
 from support.measure import static_bytes, transient_peak
 from support.records import read_records
+from support import defaults
 from support.files import atomic_text
 from support.runs import EXIT_CODES
 from support.untrusted import read_json
@@ -372,7 +373,7 @@ def compare(cfg, task: str) -> list[dict]:
             metric = metric or tried[grid[0]]["metric"]
             lr = max(grid, key=lambda x: score(tried[x], metric))
         else:
-            lr = cfg.lr or train.DEFAULT_LR.get(m, 1e-2)
+            lr = cfg.lr or defaults.lr_of(task, m)
         runs = [tried[lr] if lr in tried and s == seeds[0] else run_one(cfg, task, m, s, lr if grid else None)
                 for s in seeds]
         metric = metric or runs[0]["metric"]

@@ -41,7 +41,7 @@ def _parser(config_cls, only_given: bool = False) -> argparse.ArgumentParser:
     return p
 
 
-CHOICES = {"schedule": ("linear", "cosine", "constant")}  # fields whose values are a fixed set (others: checked later)
+CHOICES = {"schedule": ("auto", "linear", "cosine", "constant")}  # fields whose values are a fixed set (others: checked later)
 
 
 def parse_args(config_cls, argv):

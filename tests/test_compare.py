@@ -14,7 +14,7 @@ import torch
 
 import train
 from conftest import REPO
-from support import compare
+from support import compare, defaults
 from support import cli
 
 STEER_TRAIN, STEER_EVAL = REPO / "examples" / "steer_train.jsonl", REPO / "examples" / "steer_eval.jsonl"
@@ -62,7 +62,7 @@ def test_compare_writes_the_files_and_rows(two_methods):
     assert none["trainable_params"] == 0 and none["exact_match"]["mean"] == 0 and none["loss_curve"] == []
     assert none["peak_mem_mb"] is None and none["step_ms"] is None  # nothing trains
     assert lora["trainable_params"] == 8960 and loreft["trainable_params"] == 10320  # 5 x (q: 8·64·2, v: 8·64 + 32·8)
-    assert lora["lr"] == train.DEFAULT_LR["lora"] and loreft["lr"] == train.DEFAULT_LR["loreft"]
+    assert lora["lr"] == defaults.lr_of("lm", "lora") and loreft["lr"] == defaults.lr_of("lm", "loreft")
     for r in (lora, loreft):
         assert len(r["loss_curve"]) == 5 and r["loss_curve"][-1][1] < r["loss_curve"][0][1]  # 40 / 8 steps, learning
         assert r["train_s"] > 0 and r["step_ms"] > 0 and r["peak_mem_mb"] > 1.0  # the model alone is ~1 MiB

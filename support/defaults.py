@@ -8,10 +8,12 @@ from dataclasses import replace
 DEFAULTS = {  # (kind, method) -> (lr, schedule after the warm-up)
     ("lm", "loreft"): (3e-2, "linear"), ("lm", "direft"): (1e-2, "constant"), ("lm", "prefix"): (3e-2, "linear"),
     ("lm", "pedro"): (1e-2, "constant"), ("lm", "lora"): (3e-3, "constant"),
-    ("classify", "loreft"): (1e-2, "constant"), ("classify", "direft"): (1e-2, "linear"),
+    ("classify", "loreft"): (1e-2, "linear"), ("classify", "direft"): (1e-2, "linear"),
     ("classify", "prefix"): (3e-2, "linear"), ("classify", "pedro"): (1e-2, "constant"),
     ("classify", "lora"): (3e-3, "constant"),
 }
+# One exception to the suite's choice: LoReFT on classification keeps linear decay. The suite picked constant from its
+# small SST-2 task (640 rows); on the full SST-2 run (55,517 rows, README) constant scored 0.780 against linear's 0.844.
 FALLBACK = (1e-2, "linear")  # a method outside the table (none: a classification head alone)
 
 

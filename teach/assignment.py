@@ -257,6 +257,8 @@ class Sandbox:
     """How a worker runs: a fresh process in its own session, in an empty scratch folder, stdin/stdout/stderr closed
     to us, with a memory limit; as root, as an unprivileged user (WORKER_USER) who cannot read this repository."""
 
+    PYCACHE: list[str] = []  # ["-X", "pycache_prefix=DIR"] when torch ships without bytecode (see warm_bytecode)
+
     def __init__(self, user: str | None = None, trusted: bool = False):
         self.uid = self.gid = None
         if os.geteuid() == 0 and not trusted and not is_student_copy():  # a copy holds no answer to protect
@@ -276,8 +278,8 @@ class Sandbox:
         """args run as the worker's user (as root: setpriv drops every privilege before Python starts)."""
         if self.uid is None:
             return args
-        return [shutil.which("setpriv"), f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups", "--no-new-privs",
-                "--inh-caps=-all", "--bounding-set=-all", *args]
+        return [shutil.which("setpriv"), f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups",
+                "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all", *args]
 
     def probe(self, code: str) -> subprocess.CompletedProcess:
         return subprocess.run(self.command([sys.executable, "-I", "-c", code]), capture_output=True, text=True,
@@ -288,9 +290,10 @@ class Sandbox:
         values. This repository is made private to its owner (chmod 700) when it is not already."""
         r = self.probe("import torch")
         if r.returncode:
+            why = (r.stderr.strip().splitlines() or ["?"])[-1]
             raise SystemExit(f"error: grading as root runs student code as an unprivileged user (uid {self.uid}), "
-                             f"who cannot run {sys.executable} with torch ({(r.stderr.strip().splitlines() or ['?'])[-1]}"
-                             "): install Python and the requirements where every user can read them, as "
+                             f"who cannot run {sys.executable} with torch ({why}): install Python and the "
+                             "requirements where every user can read them, as "
                              "teach/gradescope/setup.sh does")
         secret = REPO / "teach" / "assignment.py"
         if self.probe(f"open({str(secret)!r}).read()").returncode == 0:
@@ -303,6 +306,23 @@ class Sandbox:
         if self.probe(f"open({str(secret)!r}).read()").returncode == 0:
             raise SystemExit(f"error: the unprivileged user (uid {self.uid}) can still read {secret}: make the "
                              "repository readable by its owner only")
+
+    @classmethod
+    def warm_bytecode(cls, into: Path) -> list[str]:
+        """Workers write no bytecode (they may not: PYTHONDONTWRITEBYTECODE), so where torch was installed without its
+        .pyc files every worker would compile torch's Python afresh (about 2 s more each). Then compile it once here,
+        as the grader, into a folder the workers only read."""
+        import importlib.util as iu
+        import torch
+        if Path(iu.cache_from_source(torch.__file__)).is_file():
+            return []
+        into.mkdir(mode=0o755)
+        subprocess.run([sys.executable, "-I", "-X", f"pycache_prefix={into}", "-c", "import torch"], check=True,
+                       env={**cls.env(str(into)), "PYTHONDONTWRITEBYTECODE": ""}, stdin=subprocess.DEVNULL,
+                       capture_output=True, timeout=REFERENCE_TIMEOUT)
+        for p in [into, *into.rglob("*")]:
+            os.chmod(p, 0o755 if p.is_dir() else 0o644)
+        return ["-X", f"pycache_prefix={into}"]
 
     @staticmethod
     def env(scratch: str) -> dict:
@@ -328,9 +348,9 @@ class Sandbox:
             if self.uid is not None:
                 os.chown(scratch, self.uid, self.gid)
             out = scratch / "out"
-            cmd = self.limited(self.command([sys.executable, "-I", str(folder / "teach" / "grading.py"), "run",
-                                             str(folder), ",".join(f.name for f in files), ",".join(map(str, seeds)),
-                                             str(out)]))
+            cmd = self.limited(self.command([sys.executable, "-I", *self.PYCACHE, str(folder / "teach" / "grading.py"),
+                                             "run", str(folder), ",".join(f.name for f in files),
+                                             ",".join(map(str, seeds)), str(out)]))
             proc = subprocess.Popen(cmd, cwd=scratch, env=self.env(str(scratch)), stdin=subprocess.DEVNULL,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
             try:
@@ -351,24 +371,24 @@ class Sandbox:
             shutil.rmtree(scratch, ignore_errors=True)
         return results, why
 
-    def run_many(self, jobs: list[tuple[Path, list[Path], int]], timeout: float) -> list[dict]:
-        """Trusted code only (the reference, known mistakes): several (folder, case files, seed) jobs in one worker
-        process -> each job's {case: result}."""
+    def run_many(self, jobs: list[tuple[Path, list[Path], list[int]]], timeout: float) -> list[dict]:
+        """Trusted code only (the reference, known mistakes): several (folder, case files, seeds) jobs in one worker
+        process (torch imported once) -> each job's {seed: {case: result}}."""
         import torch
         with tempfile.TemporaryDirectory(prefix="grade-many-") as scratch:
-            spec = [[str(f), [p.name for p in files], [seed], f"{scratch}/out{i}"] for i, (f, files, seed) in
+            spec = [[str(f), [p.name for p in files], seeds, f"{scratch}/out{i}"] for i, (f, files, seeds) in
                     enumerate(jobs)]
             Path(scratch, "jobs.json").write_text(json.dumps(spec))
-            proc = subprocess.Popen([sys.executable, "-I", str(REPO / "teach" / "grading.py"), "run-many",
-                                     f"{scratch}/jobs.json"], cwd=scratch, env=self.env(scratch),
+            proc = subprocess.Popen([sys.executable, "-I", *self.PYCACHE, str(REPO / "teach" / "grading.py"),
+                                     "run-many", f"{scratch}/jobs.json"], cwd=scratch, env=self.env(scratch),
                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
             try:
                 proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 pass
             self.kill(proc)
-            return [torch.load(f"{out}-{seed}.pt", weights_only=True) if Path(f"{out}-{seed}.pt").is_file() else {}
-                    for _, _, (seed,), out in spec]
+            return [{seed: torch.load(f"{out}-{seed}.pt", weights_only=True) if Path(f"{out}-{seed}.pt").is_file()
+                     else {} for seed in seeds} for _, _, seeds, out in spec]
 
     def kill(self, proc):
         """The worker's whole session, and as root every process of the worker's user (nothing it forked outlives
@@ -381,7 +401,8 @@ class Sandbox:
         if self.uid is not None:
             for status in Path("/proc").glob("[0-9]*/status"):
                 try:
-                    uid = next(int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("Uid:"))
+                    uid = next(int(line.split()[1]) for line in status.read_text().splitlines()
+                               if line.startswith("Uid:"))
                     if uid == self.uid:
                         os.kill(int(status.parent.name), 9)
                 except (OSError, StopIteration, ValueError):
@@ -402,34 +423,28 @@ def expected_outputs(part: str) -> dict:
     return stored["cases"]
 
 
-def grade_part(sandbox: Sandbox, student: Path, part: str, files: list[Path], shared: Path, private: Path,
-               timeout: float, problem: str | None) -> list:
+def grade_part(sandbox: Sandbox, student: Path, part: str, files: list[Path], shared: Path, timeout: float,
+               problem: str | None, hidden: int | None, reference) -> list:
     """[(case, passed, message)] for one part: the student's outputs on the shipped seed against the stored expected
-    ones, and (the official grade, or private cases) on a fresh seed against the reference's outputs, computed here."""
+    ones, and (the official grade: `hidden` is a fresh seed) on the fresh seed against the reference's outputs
+    (`reference()`: {seed: {case: result}} from the reference's run, which started with the grade)."""
     cases = [(case_key(i, str(f), c.name), c) for i, f in enumerate(files) for c in load_cases(f)]
     if problem:
         return [(key, False, problem) for key, _ in cases]
     stored = expected_outputs(part)
-    official = not is_student_copy()
-    hidden = secrets.randbelow(2 ** 62) + 1 if official else None
+    official = hidden is not None
     problem = composite(student, part, shared / "student", files)
     if problem:
         return [(key, False, problem) for key, _ in cases]
-    seeds = [SHIPPED_SEED] + ([hidden] if official else [])
-    reference = {}
-    with ThreadPoolExecutor(2) as pool:  # the student's worker and (official) the reference's run side by side
-        if official:  # the reference's outputs on the fresh seed (and on the shipped one for private cases)
-            composite(None, part, private / "reference", files)
-            ref = pool.submit(Sandbox(trusted=True).run, private / "reference", files, seeds, REFERENCE_TIMEOUT)
-        mine, why = sandbox.run(shared / "student", files, seeds, timeout)
-        if official:
-            reference, ref_why = ref.result()
-            if ref_why:
-                raise SystemExit(f"error: the reference itself failed on part {part}: {ref_why}")
+    mine, why = sandbox.run(shared / "student", files, [SHIPPED_SEED] + ([hidden] if official else []), timeout)
+    reference = reference() if official else {}
+    if official and any(key not in reference[hidden] for key, _ in cases):
+        raise SystemExit(f"error: the reference itself failed on part {part} (python teach/assignment.py expected "
+                         f"--parts {part} says why)")
     out = []
     for key, case in cases:
         want0 = stored.get(key) if key in stored else None
-        if want0 is None and official:
+        if want0 is None and official:  # a private case: the reference's outputs on the shipped seed
             want0 = {"want": reference[SHIPPED_SEED][key]["outputs"], "mistakes": []}
         if want0 is None:
             out.append((key, False, f"no expected outputs for {key}: run python teach/assignment.py expected"))
@@ -457,23 +472,31 @@ def grade(student: Path, parts: list[str], extra: list[Path], user: str | None =
     t0 = time.time()
     sandbox = Sandbox(user)
     outside = outside_regions(student, reference_skeletons())
-    report = {}
+    report, files = {}, {part: case_files(part, extra) for part in parts}
     shared, private = Path(tempfile.mkdtemp(prefix="grade-")), Path(tempfile.mkdtemp(prefix="grade-ref-"))
     os.chmod(shared, 0o711)  # the worker's user may enter (not list) the student's folders; `private` is ours only
+    hidden = secrets.randbelow(2 ** 62) + 1 if not is_student_copy() else None  # the official grade's fresh seed
+    pool = ThreadPoolExecutor(1)
     try:
-        for part in parts:
-            files = case_files(part, extra)
+        Sandbox.PYCACHE = Sandbox.warm_bytecode(shared / "pycache")  # (readable by the workers, not writable)
+        if hidden is not None:  # the reference on the fresh seed, every part in one process, beside the students'
+            for part in parts:
+                composite(None, part, private / part, files[part])
+            jobs = [(private / part, files[part], [SHIPPED_SEED, hidden]) for part in parts]
+            future = pool.submit(Sandbox(trusted=True).run_many, jobs, REFERENCE_TIMEOUT)
+        for n, part in enumerate(parts):
             left = t0 + TOTAL_TIMEOUT - time.time()
             if left < 1:
                 res = [(case_key(i, str(f), c.name), False, f"not reached within --total-timeout {TOTAL_TIMEOUT:g} "
-                        "s") for i, f in enumerate(files) for c in load_cases(f)]
+                        "s") for i, f in enumerate(files[part]) for c in load_cases(f)]
             else:
+                print(f"grading {part} ({n + 1}/{len(parts)}, {time.time() - t0:.0f} s)", file=sys.stderr)
                 (shared / part).mkdir(mode=0o711)
-                (private / part).mkdir()
-                res = grade_part(sandbox, student, part, files, shared / part, private / part,
-                                 min(PART_TIMEOUT, left), outside)
+                res = grade_part(sandbox, student, part, files[part], shared / part, min(PART_TIMEOUT, left), outside,
+                                 hidden, lambda n=n: future.result()[n])
             report[part] = {"passed": sum(ok for _, ok, _ in res), "total": len(res), "tests": res}
     finally:
+        pool.shutdown(wait=True)
         shutil.rmtree(shared, ignore_errors=True)
         shutil.rmtree(private, ignore_errors=True)
     score = sum(r["passed"] / max(r["total"], 1) for r in report.values()) / max(len(report), 1)
@@ -594,9 +617,9 @@ def make_expected(parts: list[str]):
             for i, mutant in enumerate(mutants):
                 folder = Path(tmp) / f"mutant{i}"
                 problems.append(composite(apply_mutant(mutant, Path(tmp) / f"src{i}"), part, folder, files))
-                jobs.append((folder, files, SHIPPED_SEED))
+                jobs.append((folder, files, [SHIPPED_SEED]))
             for mutant, problem, got in zip(mutants, problems, sandbox.run_many(jobs, REFERENCE_TIMEOUT)):
-                caught = bool(problem)
+                got, caught = got[SHIPPED_SEED], bool(problem)
                 for name, case in cases.items():
                     out = got.get(name, {}).get("outputs")
                     if out is None:

@@ -22,7 +22,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
-FORMAT = 1  # of teach/expected/PART.pt: {"format", "seed", "torch", "cases": {name: {"want": {...}, "mistakes": [...]}}}
+FORMAT = 1  # of teach/expected/PART.pt: {"format", "seed", "torch", "cases": {name: {"want", "mistakes"}}}
 SHIPPED_SEED = 0  # the inputs whose expected outputs ship in teach/expected (the official grade also draws a new seed)
 
 

@@ -208,8 +208,8 @@ def test_make_copies_tracked_files_only_and_records_the_parts(tmp_path):
 
 def run_cases(jobs):
     """[(folder, part)] -> each job's {case: result} on the shipped seed, in one trusted worker."""
-    return A.Sandbox(trusted=True).run_many([(f, [REPO / "teach" / "parts" / f"{p}.py"], A.SHIPPED_SEED)
-                                             for f, p in jobs], timeout=600)
+    return [r[A.SHIPPED_SEED] for r in A.Sandbox(trusted=True).run_many(
+        [(f, [REPO / "teach" / "parts" / f"{p}.py"], [A.SHIPPED_SEED]) for f, p in jobs], timeout=600)]
 
 
 def test_the_stored_expected_outputs_equal_a_fresh_run_of_the_reference(tmp_path):

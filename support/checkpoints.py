@@ -12,7 +12,6 @@ import os
 import re
 import struct
 import sys
-import tempfile
 import urllib.parse
 import urllib.request
 from contextlib import contextmanager, nullcontext
@@ -23,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from model import Encoder, EncoderConfig, Llama, LlamaConfig
+from support import files
 from support.untrusted import json_object, load_torch, parse_json, plain_name
 
 # config.json must state these: a missing size is an error, never a default (LlamaConfig's defaults are a 7B shape)
@@ -428,8 +428,8 @@ def _expected_sha256(redirects: HubRedirects, headers) -> str | None:
     return etag if re.fullmatch(r"[0-9a-f]{64}", etag) else None
 
 
-def _fetch(url: str, tmp: str):
-    """url's body into the file tmp, whole: a body shorter or longer than its Content-Length, a response without
+def _fetch(url: str, f):
+    """url's body into the open file f, whole: a body shorter or longer than its Content-Length, a response without
     one (a cut stream could not be told from a whole file), or bytes that do not hash to the Hub's sha256 are errors."""
     redirects = HubRedirects()
     with _opener(redirects).open(_request(url), timeout=30) as r:
@@ -438,12 +438,9 @@ def _fetch(url: str, tmp: str):
         if size is None or not size.isdigit():
             raise OSError("no Content-Length in the response: cannot tell a whole file from a cut one")
         digest = hashlib.sha256()
-        with open(tmp, "wb") as f:
-            while chunk := r.read(1 << 20):
-                f.write(chunk), digest.update(chunk)
-            got = f.tell()
-            f.flush()
-            os.fsync(f.fileno())
+        while chunk := r.read(1 << 20):
+            f.write(chunk), digest.update(chunk)
+        got = f.tell()
     if got != int(size):  # http.client ends a cut stream quietly, as if it were complete
         raise OSError(f"connection closed after {got} of {size} bytes")
     if linked is not None and linked.isdigit() and int(linked) != got:
@@ -453,8 +450,9 @@ def _fetch(url: str, tmp: str):
 
 
 def download(url: str, dest: str, lock: bool = True) -> str:
-    """Fetch url to dest once; later calls use the local copy. The bytes go to a temporary file of this process,
-    fsynced and renamed when whole and checked (`_fetch`), so dest is never a partial file; with lock, concurrent
+    """Fetch url to dest once; later calls use the local copy. The bytes go through files.atomic_write (a temporary
+    file of this process, fsynced and renamed once `_fetch` found them whole and checked), so dest is never a partial
+    file; with lock, concurrent
     processes take turns (`_lock`) and the later ones find dest complete. HTTP 403, or the Hub's X-Error-Code
     GatedRepo -> PermissionError (gated: accept the license, set HF_TOKEN); HTTP 401/404 (no such file, or a private
     or gated repo) -> FileNotFoundError; an https -> http redirect -> ValueError; any other failure -> ConnectionError."""
@@ -464,15 +462,11 @@ def download(url: str, dest: str, lock: bool = True) -> str:
     folder = os.path.dirname(os.path.abspath(dest))
     made = not os.path.isdir(folder)
     os.makedirs(folder, exist_ok=True)
-    tmp = None
     try:
         with _lock(dest + ".lock") if lock else nullcontext():
             if os.path.exists(dest):  # another process fetched it while this one waited
                 return dest
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(dest) + ".", suffix=".part")
-            os.close(fd)
-            _fetch(url, tmp)
-            os.replace(tmp, dest)
+            files.atomic_write(dest, lambda f: _fetch(url, f))  # a broken download leaves nothing behind
     except (OSError, http.client.HTTPException) as e:
         code = getattr(e, "code", None)  # HTTPError; the Hub says why in an X-Error-Code header
         if code == 403 or (code == 401 and (getattr(e, "headers", None) or {}).get("X-Error-Code") == "GatedRepo"):
@@ -484,8 +478,6 @@ def download(url: str, dest: str, lock: bool = True) -> str:
         raise ConnectionError(f"cannot download {url} ({getattr(e, 'reason', None) or e}); offline? Download it "
                               "yourself and pass the local path instead") from None
     finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)  # a broken download leaves nothing behind
         _tidy(dest + ".lock" if lock else None, folder if made else None)
     return dest
 

@@ -5,6 +5,7 @@ import builtins
 import json
 import os
 import sys
+from dataclasses import replace
 
 import pytest
 
@@ -68,6 +69,17 @@ def test_quick_run_again_reuses_finished_runs(quick, monkeypatch):
     again = suite.main(["--quick", "--methods", "loreft", "--work", str(folder / "work")])
     assert again["results"] == report["results"]
 
+
+
+def test_a_task_whose_setup_changed_runs_again(quick, monkeypatch):
+    """Finished runs are matched on the task's setup too (rows, batch, flags): a bigger sst2 is not its old score."""
+    folder, report, _, _ = quick
+    trained = []
+    monkeypatch.setattr(suite, "run_one", lambda task, *a: trained.append(task.name) or {"score": 0.5, "wall_s": 0.0})
+    changed = [replace(t, batch_size=t.batch_size * 2) if t.name == "cue" else t for t in suite.TASKS]
+    monkeypatch.setattr(suite, "TASKS", changed)
+    suite.main(["--quick", "--methods", "loreft", "--work", str(folder / "work")])
+    assert trained and set(trained) == {"cue"}  # sentiment's runs were reused, cue's ran again
 
 def test_plot_and_its_absence(quick, tmp_path, monkeypatch, capsys):
     pytest.importorskip("matplotlib")
@@ -166,3 +178,11 @@ def test_make_tasks_is_deterministic_and_holds_out(tmp_path):
         assert 60 <= len(train) <= 80 and len(evals) >= 40
         assert not {r["prompt"] for r in train} & {r["prompt"] for r in evals}
         assert all(set(r) == {"prompt", "response"} for r in train + evals)
+
+
+def test_jobs_train_in_parallel_with_the_same_scores(quick, tmp_path):
+    """--jobs 2: two worker processes; every run's score equals the sequential run's (seeded, one thread each)."""
+    _, report, _, _ = quick
+    both = suite.main(["--quick", "--methods", "loreft", "--jobs", "2", "--work", str(tmp_path / "work")])
+    assert both["results"] == report["results"] and len(both["runs"]) == len(report["runs"])
+    assert len((tmp_path / "work" / "runs.jsonl").read_text().splitlines()) == len(report["runs"])

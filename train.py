@@ -56,7 +56,7 @@ class TrainConfig:
     epochs: int = 10  # passes over the training data
     lr: float = 0.0  # peak learning rate; 0 = the method's default (support/defaults.py; the paper: 9e-4 on LLaMA-7B)
     weight_decay: float = 0.0  # AdamW weight decay of a classification head (never of the method)
-    warmup: float = 0.1  # fraction of steps with linear warm-up (every schedule)
+    warmup: float = -1.0  # fraction of steps with linear warm-up (every schedule); < 0 = the method's (0.1 or 0)
     schedule: str = "auto"  # after the warm-up: linear (to 0) | cosine (to 0) | constant | auto (support/defaults.py)
     constant_lr: bool = False  # keep --lr at every step: no warm-up, no decay (= --schedule constant --warmup 0)
     batch_size: int = 8  # examples per micro-batch

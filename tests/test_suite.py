@@ -120,9 +120,11 @@ def test_rank_table_means_over_tasks_and_kinds():
 
 def test_selection_falls_back_when_no_recipe_is_close_everywhere():
     # t1: only b is within b's SD (0.04); t2: defaults and c within c's 0.05; t3: defaults and c within 0.10
+    # relaxed: the largest gap in SDs: defaults 2.5 (t1), b 1.5 (t3: 0.15 / 0.10), c 7.5 (t1) -> b, though c has the
+    # best mean rank (5/3)
     sel = suite.select_recipes(synthetic(0.04), KINDS)["loreft"]
-    assert sel["lm"]["recipe"] == "c" and not sel["lm"]["qualified"] and sel["lm"]["qualifying"] == []
-    assert "no recipe" in sel["lm"]["note"]
+    assert sel["lm"]["recipe"] == "b" and not sel["lm"]["qualified"] and sel["lm"]["qualifying"] == []
+    assert sel["lm"]["gap_sd"] == pytest.approx(1.5) and "no recipe" in sel["lm"]["note"]
     # classify (k1): b and c tie at the top (mean rank 1.5); within b's SD 0.01 of 0.75: b and c; first in order wins
     assert sel["classify"]["recipe"] == "b" and sel["classify"]["qualified"]
     assert sel["classify"]["qualifying"] == ["b", "c"]
@@ -134,6 +136,17 @@ def test_selection_prefers_a_recipe_close_to_the_best_everywhere_over_a_better_m
     sel = suite.select_recipes(synthetic(0.25), KINDS)["loreft"]["lm"]
     assert sel["recipe"] == "defaults" and sel["qualified"] and sel["qualifying"] == ["defaults"]
     assert sel["mean_rank"] == 2
+
+
+def test_selection_never_picks_a_recipe_with_a_collapsed_seed():
+    """A classification recipe whose worst seed is within 2 points of chance (always the majority class) is out, even
+    with the best mean rank; the note names it. Language-model tasks have no chance level: nothing is out there."""
+    results = synthetic(0.04)
+    results["k1"]["loreft"]["b"] = {"values": [0.99, 0.51], "mean": 0.75, "worst": 0.51, "std": 0.34}
+    sel = suite.select_recipes(results, KINDS, chance={"k1": 0.5})["loreft"]
+    assert sel["classify"]["recipe"] == "c" and sel["classify"]["collapsed"] == ["b"]
+    assert "collapsed seed: b" in sel["classify"]["note"]
+    assert sel["lm"] == suite.select_recipes(results, KINDS)["loreft"]["lm"] and sel["lm"]["collapsed"] == []
 
 
 def test_aggregate_from_runs():

@@ -411,3 +411,21 @@ def test_load_on_a_different_base_model_is_refused(stories260k, tmp_path):
     r = _cli("--model", str(stories260k / "stories260K.bin"), "--tokenizer", str(stories260k / "tok512.model"),
              "--load", str(tmp_path / "nothing"), "--prompt", "hi")
     assert r.returncode != 0 and "no such folder" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_defaults_fill_only_the_settings_left_unset():
+    """support/defaults.py: --lr 0, --schedule auto and an unset --warmup take the kind's and method's recipe (DiReFT
+    on classification: no warm-up); anything the user gives wins; a method outside the table takes FALLBACK."""
+    from dataclasses import replace
+    from support import defaults
+    cfg = train.TrainConfig(method="direft")
+    assert cfg.warmup < 0 and cfg.lr == 0 and cfg.schedule == "auto"
+    got = defaults.resolve(cfg, "classify")
+    assert (got.lr, got.schedule, got.warmup) == defaults.DEFAULTS[("classify", "direft")] == (1e-2, "linear", 0.0)
+    got = defaults.resolve(cfg, "lm")
+    assert (got.lr, got.schedule, got.warmup) == (1e-2, "constant", 0.1)
+    mine = defaults.resolve(replace(cfg, lr=1e-3, schedule="cosine", warmup=0.25), "classify")
+    assert (mine.lr, mine.schedule, mine.warmup) == (1e-3, "cosine", 0.25)
+    none = defaults.resolve(replace(cfg, method="none"), "classify")
+    assert (none.lr, none.schedule, none.warmup) == defaults.FALLBACK
+    assert all(w in (0.0, 0.1) and s in ("linear", "constant", "cosine") for _, s, w in defaults.DEFAULTS.values())

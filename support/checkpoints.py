@@ -452,8 +452,7 @@ def _fetch(url: str, f):
 def download(url: str, dest: str, lock: bool = True) -> str:
     """Fetch url to dest once; later calls use the local copy. The bytes go through files.atomic_write (a temporary
     file of this process, fsynced and renamed once `_fetch` found them whole and checked), so dest is never a partial
-    file; with lock, concurrent
-    processes take turns (`_lock`) and the later ones find dest complete. HTTP 403, or the Hub's X-Error-Code
+    file; with lock, concurrent processes take turns (`_lock`) and the later ones find dest complete. HTTP 403, or the Hub's X-Error-Code
     GatedRepo -> PermissionError (gated: accept the license, set HF_TOKEN); HTTP 401/404 (no such file, or a private
     or gated repo) -> FileNotFoundError; an https -> http redirect -> ValueError; any other failure -> ConnectionError."""
     if os.path.exists(dest):
